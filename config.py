@@ -1,0 +1,43 @@
+"""Hyper-parameters, one dict per dataset. Edit the dict of the dataset you train on.
+
+Any key can also be overridden for one run from the command line, typed like its default:
+    python vae.py --dataset MNIST --z_dim 32 --encoder_filters 16,32,64 --deterministic false
+"""
+
+# The dataset `python vae.py` and `python vae_inference.py` use when no --dataset is given.
+dataset = 'MNIST'
+
+config_mnist = {
+    'dataset': 'MNIST',               # which loader reads the data (utils.load_dataset)
+    'data_directory': 'MNIST/data',   # folder with the four MNIST IDX files; downloaded there if missing
+    'image_height': 28,               # input image height in pixels
+    'image_width': 28,                # input image width in pixels
+    'image_channels': 1,              # 1 = greyscale
+    'z_dim': 16,                      # latent dimensions
+    'batch_size': 256,                # images per training step (the last partial batch is dropped)
+    'num_epoch': 100,                 # passes over the training set
+    'learning_rate': 0.0005,          # Adam step size
+    'kl_weight': 0.0005,              # weight of the KL term against the per-pixel MSE
+    'init_stddev': 0.02,              # stddev of the truncated-normal initial weights
+    'encoder_filters': [16, 32, 64],  # output channels of the encoder convolutions
+    'encoder_strides': [2, 2, 2],     # their strides (the decoder mirrors them)
+    'decoder_filters': [64, 32, 1],   # output channels of the decoder transposed convolutions
+    'kernel_size': 3,                 # square kernel of every (transposed) convolution
+    'bn_momentum': 0.99,              # decay of the batch-norm moving averages used at inference
+    'bn_epsilon': 0.001,              # batch-norm variance epsilon
+    'save_every': 5,                  # checkpoint and image grids at epoch 0, every this many epochs, and the last
+    'summary_every': 50,              # TensorBoard scalars every this many steps
+    'seed': 0,                        # seeds the weights, the shuffling, the sampling noise and the fixed grids
+    'deterministic': True,            # TensorFlow op determinism: same seed, same machine -> same losses
+    'num_threads': 0,                 # intra-op threads (0 = one per core)
+    'run_directory': 'MNIST',         # the run folder; the folders below live inside it
+    'model_directory': 'models',      # checkpoints model_<epoch>
+    'log_directory': 'logs',          # TensorBoard event files
+    'real_directory': 'op-real',      # 5x5 grids of the fixed test images, one per saved epoch
+    'recons_directory': 'op-recons',  # 5x5 grids of their reconstructions
+    'gen_directory': 'op-gen',        # 5x5 grids decoded from 25 fixed prior samples (frames of the GIF)
+}
+
+configs = {
+    'MNIST': config_mnist,
+}

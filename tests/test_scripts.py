@@ -1,0 +1,117 @@
+"""vae.py and vae_inference.py as a user runs them: outputs, resume, --fresh and clear errors."""
+import json
+import os
+import re
+
+import pytest
+from PIL import Image
+
+import utils
+from conftest import MNIST_DIR, TINY, run_script
+
+FAST = TINY + ['--batch_size', '1000', '--num_epoch', '1']  # 60 steps an epoch
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        image.load()  # a truncated file fails here
+        return image.size
+
+
+def test_train_resume_and_inference_end_to_end(tmp_path):
+    run = tmp_path / 'run'
+    result = run_script('vae.py', *FAST, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    assert 'epoch   0  loss' in result.stdout
+    for folder in ('op-real', 'op-recons', 'op-gen'):
+        assert png_size(run / folder / 'epoch_0000.png') == (5 * 28 * 2, 5 * 28 * 2 + 16)
+    assert os.path.exists(run / 'models' / 'model_0.index')
+    assert os.listdir(run / 'logs')
+
+    # Running again with more epochs resumes at epoch 1 instead of starting over.
+    result = run_script('vae.py', *FAST, '--run_directory', run, '--num_epoch', '3', '--save_every', '2')
+    assert result.returncode == 0, result.stderr
+    assert 'resuming' in result.stdout and 'model_0' in result.stdout
+    assert 'epoch   0' not in result.stdout and 'epoch   1' in result.stdout and 'epoch   2' in result.stdout
+    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 2]
+    assert [epoch for epoch, _ in utils.epoch_frames(run / 'op-gen')] == [0, 2]
+
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    assert 'model_2' in result.stdout
+    assert png_size(run / 'reconstructions.png') == (10 * 28 * 2, 10 * 28 * 2 + 16)
+    assert png_size(run / 'generations.png') == (10 * 28 * 2, 10 * 28 * 2 + 16)
+    with Image.open(run / 'generations.gif') as gif:
+        assert gif.n_frames == 2 and gif.size == (5 * 28 * 2, 5 * 28 * 2 + 16)
+
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--checkpoint', '0')
+    assert result.returncode == 0 and 'model_0' in result.stdout
+
+
+def test_fresh_keeps_the_old_run_and_trains_in_a_new_folder(tmp_path):
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *FAST, '--run_directory', run).returncode == 0
+    before = sorted(os.listdir(run / 'models'))
+    result = run_script('vae.py', *FAST, '--run_directory', run, '--fresh')
+    assert result.returncode == 0, result.stderr
+    assert f'training in {run}-2' in result.stdout
+    assert sorted(os.listdir(run / 'models')) == before
+    assert os.path.exists(f'{run}-2/models/model_0.index')
+
+
+BAD_COMMAND_LINES = [
+    (['--dataset', 'cifar'], "unknown dataset 'cifar'"),
+    (['--zdim', '3'], 'unknown option --zdim'),
+    (['--z_dim', 'three'], "--z_dim 'three' is not a valid int"),
+    (['--z_dim', '0'], 'z_dim must be positive'),
+    (['--batch_size', '-5'], 'batch_size must be positive'),
+    (['--num_epoch', '0'], 'num_epoch must be positive'),
+    (['--learning_rate', '-1'], 'learning_rate must be positive'),
+    (['--deterministic', 'maybe'], "--deterministic 'maybe' is not a valid bool"),
+    (['--encoder_filters', '4,x,8'], "--encoder_filters '4,x,8' is not a valid list"),
+    (['--encoder_filters', '4,8'], 'need the same length'),
+    (['--z_dim'], '--z_dim needs a value'),
+    (['stray'], "unexpected argument 'stray'"),
+]
+
+
+@pytest.mark.parametrize('args, message', BAD_COMMAND_LINES)
+def test_bad_command_lines_are_refused_with_the_fix(args, message):
+    with pytest.raises(utils.UserError, match=re.escape(message)):
+        utils.parse_command_line(args)
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('vae.py', ['--dataset', 'cifar'], "unknown dataset 'cifar'"),
+    ('vae.py', ['--z_dim', 'three'], "--z_dim 'three' is not a valid int"),
+    ('vae_inference.py', ['--zdim', '3'], 'unknown option --zdim'),
+    ('vae_inference.py', ['--checkpoint', 'last'], "--checkpoint 'last' is not a valid int"),
+])
+def test_scripts_fail_with_one_clear_line(tmp_path, script, args, message):
+    result = run_script(script, '--run_directory', tmp_path / 'run', '--data_directory', MNIST_DIR, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith('error: ') and message in result.stderr
+    assert not os.path.exists(tmp_path / 'run')
+
+
+def test_inference_without_a_checkpoint_fails_clearly(tmp_path):
+    result = run_script('vae_inference.py', *FAST, '--run_directory', tmp_path / 'empty')
+    assert result.returncode == 1
+    assert result.stderr.strip() == f'error: no checkpoint model_<epoch> in {tmp_path}/empty/models; train first ' \
+                                    'with python vae.py (same --dataset / --run_directory)'
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *FAST, '--run_directory', run).returncode == 0
+    assert json.load(open(run / 'config.json'))['z_dim'] == 4
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--z_dim', '8')
+    assert result.returncode == 1
+    assert 'trained with z_dim=4 but the config says 8' in result.stderr
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--checkpoint', '7')
+    assert result.returncode == 1 and 'no checkpoint model_7' in result.stderr and 'it has epochs 0' in result.stderr
+    # Training with another architecture on the same folder is refused too, and the checkpoint survives.
+    result = run_script('vae.py', *FAST, '--run_directory', run, '--z_dim', '8')
+    assert result.returncode == 1 and 'z_dim=4' in result.stderr
+    assert os.path.exists(run / 'models' / 'model_0.index')

@@ -1,0 +1,333 @@
+"""Command line, data loading and image writing shared by vae.py, vae_inference.py and the tests."""
+import contextlib
+import copy
+import glob
+import gzip
+import hashlib
+import os
+import re
+import sys
+import urllib.request
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+import config as config_module
+
+
+@contextlib.contextmanager
+def silence_stderr():
+    """Send file descriptor 2 to /dev/null for a while: TensorFlow's C++ start-up notices (oneDNN, CPU
+    features) ignore TF_CPP_MIN_LOG_LEVEL and would bury a one-line error. Python exceptions still show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
+class UserError(Exception):
+    """A problem the user can fix; the scripts print it as one line and exit non-zero."""
+
+
+def exit_on_user_error(main):
+    """Run main(); turn a UserError into `error: ...` on stderr and exit status 1."""
+    try:
+        main()
+    except UserError as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- command line
+
+def _parse_value(key, text, default):
+    """Convert a command-line string to the type of the config default."""
+    def convert(text, kind):
+        if kind is bool:
+            if text.lower() in ('1', 'true', 'yes', 'on'):
+                return True
+            if text.lower() in ('0', 'false', 'no', 'off'):
+                return False
+            raise ValueError
+        return kind(text)
+
+    try:
+        if isinstance(default, list):
+            kind = type(default[0]) if default else str
+            return [convert(item, kind) for item in text.split(',') if item != '']
+        return convert(text, type(default))
+    except ValueError:
+        example = ','.join(str(v) for v in default) if isinstance(default, list) else default
+        raise UserError(f'--{key} {text!r} is not a valid {type(default).__name__} '
+                        f'(the default is {example}); pass a value like that')
+
+
+def parse_command_line(argv, flags=()):
+    """Parse `--dataset NAME`, the script's own `flags` and `--KEY VALUE` config overrides.
+
+    flags maps a flag name to its default (None for a switch without a value, else typed like the default).
+    Returns (config, options): a copy of the dataset's config dict with the overrides applied, and a dict of
+    the script's flags.
+    """
+    flags = dict(flags)
+    options = {name: (False if default is None else default) for name, default in flags.items()}
+    dataset = config_module.dataset
+    overrides = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith('--'):
+            raise UserError(f'unexpected argument {arg!r}; options look like --KEY VALUE')
+        name, _, value = arg[2:].partition('=')
+        if name in flags and flags[name] is None:
+            if value:
+                raise UserError(f'--{name} takes no value')
+            options[name] = True
+            continue
+        if not value:
+            if not args:
+                raise UserError(f'--{name} needs a value')
+            value = args.pop(0)
+        if name == 'dataset':
+            dataset = value
+        elif name in flags:
+            options[name] = _parse_value(name, value, flags[name])
+        else:
+            overrides.append((name, value))
+
+    if dataset not in config_module.configs:
+        raise UserError(f'unknown dataset {dataset!r}; choose one of {", ".join(config_module.configs)} '
+                        f'(config.py)')
+    config = copy.deepcopy(config_module.configs[dataset])
+    for key, value in overrides:
+        if key not in config:
+            known = ' '.join(f'--{k}' for k in config)
+            raise UserError(f'unknown option --{key} for dataset {dataset}; script flags: '
+                            f'{" ".join("--" + f for f in flags) or "none"}; config keys: {known}')
+        config[key] = _parse_value(key, value, config[key])
+    check_config(config)
+    return config, options
+
+
+def check_config(config):
+    """Reject values that cannot train, with the key to fix."""
+    for key in ('z_dim', 'batch_size', 'num_epoch', 'image_height', 'image_width', 'image_channels',
+                'kernel_size', 'save_every', 'summary_every'):
+        if config[key] <= 0:
+            raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
+    for key in ('learning_rate', 'init_stddev'):
+        if not config[key] > 0:
+            raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
+    if config['kl_weight'] < 0:
+        raise UserError(f'kl_weight must be >= 0, got {config["kl_weight"]}; fix it with --kl_weight')
+    if not 0 <= config['bn_momentum'] < 1:
+        raise UserError(f'bn_momentum must be in [0, 1), got {config["bn_momentum"]}')
+    if len(config['encoder_filters']) != len(config['encoder_strides']) or \
+            len(config['decoder_filters']) != len(config['encoder_strides']):
+        raise UserError('encoder_filters, encoder_strides and decoder_filters need the same length, got '
+                        f'{config["encoder_filters"]}, {config["encoder_strides"]}, {config["decoder_filters"]}')
+    if min(config['encoder_filters'] + config['decoder_filters'] + config['encoder_strides']) <= 0:
+        raise UserError('encoder_filters, encoder_strides and decoder_filters must be positive')
+
+
+# ---------------------------------------------------------------- run folders
+
+def run_path(config, key):
+    """Path of one of the run's folders (model_directory, log_directory, ...) inside run_directory."""
+    return os.path.join(config['run_directory'], config[key])
+
+
+def has_checkpoints(run_directory, config):
+    return bool(glob.glob(os.path.join(run_directory, config['model_directory'], 'model_*.index')))
+
+
+def new_run_directory(run_directory, config):
+    """The first of `run_directory`, `run_directory-2`, `-3`, ... that holds no checkpoints."""
+    candidate, number = run_directory, 1
+    while has_checkpoints(candidate, config):
+        number += 1
+        candidate = f'{run_directory.rstrip(os.sep)}-{number}'
+    return candidate
+
+
+def list_checkpoints(model_directory):
+    """{epoch: checkpoint prefix} of the complete checkpoints model_<epoch> in a folder."""
+    checkpoints = {}
+    for index in glob.glob(os.path.join(model_directory, 'model_*.index')):
+        match = re.fullmatch(r'model_(\d+)\.index', os.path.basename(index))
+        if match:
+            checkpoints[int(match.group(1))] = index[:-len('.index')]
+    return dict(sorted(checkpoints.items()))
+
+
+# ---------------------------------------------------------------- MNIST
+
+MNIST_FILES = {  # name: MD5 of the decompressed bytes (the published checksums of the canonical files)
+    'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
+    'train-labels-idx1-ubyte': 'a25bea736e30d166cdddb491f175f624',
+    't10k-images-idx3-ubyte': '2646ac647ad5339dbf082846283269ea',
+    't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
+}
+
+MNIST_MIRRORS = (
+    'https://storage.googleapis.com/cvdf-datasets/mnist/',
+    'https://ossci-datasets.s3.amazonaws.com/mnist/',
+)
+
+
+def _read_idx_bytes(folder, name):
+    """Decompressed bytes of `name` from `name.gz` or `name`, or None when neither exists."""
+    for path, opener in ((os.path.join(folder, name + '.gz'), gzip.open), (os.path.join(folder, name), open)):
+        if os.path.exists(path):
+            try:
+                with opener(path, 'rb') as f:
+                    return f.read()
+            except (OSError, EOFError) as error:
+                raise UserError(f'cannot read {path} ({error}); delete it so it is downloaded again, '
+                                f'or replace it with the canonical MNIST file')
+    return None
+
+
+def _parse_idx(data, name):
+    """Array from the bytes of an IDX file: magic 0 0 type ndim, then big-endian int32 dims, then uint8 data."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f'{name} is not an unsigned-byte IDX file; replace it with the canonical MNIST file')
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, '>i4', ndim, offset=4))
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise UserError(f'{name} holds {array.size} bytes for shape {shape}; replace it with the canonical file')
+    return array.reshape(shape)
+
+
+def download_mnist(folder, mirrors=MNIST_MIRRORS, names=None):
+    """Download the missing MNIST files into folder, each checked before it takes its final name."""
+    from tqdm import tqdm
+    os.makedirs(folder, exist_ok=True)
+    for name in names or MNIST_FILES:
+        errors = []
+        for mirror in mirrors:
+            url = mirror + name + '.gz'
+            temporary = os.path.join(folder, name + '.gz.part')
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response, open(temporary, 'wb') as out:
+                    total = int(response.headers.get('Content-Length') or 0) or None
+                    with tqdm(total=total, unit='B', unit_scale=True, desc=f'downloading {name}.gz') as bar:
+                        while True:
+                            chunk = response.read(1 << 16)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                with gzip.open(temporary, 'rb') as f:
+                    digest = hashlib.md5(f.read()).hexdigest()
+                if digest != MNIST_FILES[name]:
+                    raise OSError(f'checksum {digest} is not the published {MNIST_FILES[name]}')
+                os.replace(temporary, os.path.join(folder, name + '.gz'))
+                break
+            except (OSError, EOFError, ValueError) as error:
+                errors.append(f'{url}: {error}')
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        else:
+            raise UserError(f'MNIST file {name} is missing from {folder} and could not be downloaded '
+                            f'({"; ".join(errors)}); put the four MNIST IDX files ({", ".join(MNIST_FILES)}, '
+                            f'gzipped or not) in {folder}, or point --data_directory at a folder that has them')
+
+
+def load_mnist(folder, mirrors=MNIST_MIRRORS):
+    """MNIST from the standard IDX files in folder (downloaded there if missing), checksum-verified.
+
+    Returns a dict: train_images (60000, 28, 28, 1) and test_images (10000, 28, 28, 1) float32 in [0, 1],
+    train_labels and test_labels uint8.
+    """
+    missing = [name for name in MNIST_FILES if _read_idx_bytes(folder, name) is None]
+    if missing:
+        download_mnist(folder, mirrors, missing)
+    arrays = {}
+    for name, md5 in MNIST_FILES.items():
+        data = _read_idx_bytes(folder, name)
+        digest = hashlib.md5(data).hexdigest()
+        if digest != md5:
+            raise UserError(f'{os.path.join(folder, name)} has MD5 {digest}, not the published {md5}: the file is '
+                            f'corrupted or not MNIST; delete it so it is downloaded again, or replace it')
+        arrays[name] = _parse_idx(data, name)
+    scale = lambda images: (images[..., None] / np.float32(255)).astype(np.float32)
+    return {
+        'train_images': scale(arrays['train-images-idx3-ubyte']),
+        'train_labels': arrays['train-labels-idx1-ubyte'],
+        'test_images': scale(arrays['t10k-images-idx3-ubyte']),
+        'test_labels': arrays['t10k-labels-idx1-ubyte'],
+    }
+
+
+def load_dataset(config):
+    """The dataset named by config['dataset'] as a dict of arrays (see load_mnist)."""
+    loaders = {'MNIST': lambda: load_mnist(config['data_directory'])}
+    data = loaders[config['dataset']]()
+    shape = (config['image_height'], config['image_width'], config['image_channels'])
+    if data['train_images'].shape[1:] != shape:
+        raise UserError(f'{config["dataset"]} images are {data["train_images"].shape[1:]} but the config says '
+                        f'{shape}; fix image_height, image_width, image_channels')
+    if len(data['train_images']) < config['batch_size']:
+        raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train_images"])} '
+                        'training images; lower --batch_size')
+    return data
+
+
+# ---------------------------------------------------------------- images
+
+def to_uint8(images):
+    """Float images in [0, 1] to uint8 pixels, rounding rather than truncating."""
+    return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
+def image_grid(images, rows, columns):
+    """A (rows*H, columns*W, C) uint8 mosaic of the first rows*columns images (float in [0, 1])."""
+    images = to_uint8(images[:rows * columns])
+    count, height, width, channels = images.shape
+    if count < rows * columns:
+        images = np.concatenate([images, np.zeros((rows * columns - count, height, width, channels), np.uint8)])
+    grid = images.reshape(rows, columns, height, width, channels).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * height, columns * width, channels)
+
+
+def save_grid(path, images, rows, columns, title=None, scale=2):
+    """Write a grid of images as PNG, upscaled `scale` times, with an optional title strip on top."""
+    grid = image_grid(images, rows, columns)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert('RGB')
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    if title:
+        titled = Image.new('RGB', (picture.width, picture.height + 16), 'white')
+        titled.paste(picture, (0, 16))
+        ImageDraw.Draw(titled).text((4, 2), title, fill='black')
+        picture = titled
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    temporary = path + '.part.png'
+    picture.save(temporary)
+    os.replace(temporary, path)
+
+
+def epoch_frames(folder):
+    """[(epoch, path)] of the epoch_<N>.png frames in folder, in epoch order."""
+    frames = []
+    for path in glob.glob(os.path.join(folder, 'epoch_*.png')):
+        match = re.fullmatch(r'epoch_(\d+)\.png', os.path.basename(path))
+        if match:
+            frames.append((int(match.group(1)), path))
+    return sorted(frames)
+
+
+def save_gif(path, frame_paths, duration_ms=400):
+    """Assemble PNG frames into a looping GIF; the last frame is held three times as long."""
+    frames = [Image.open(p).convert('RGB') for p in frame_paths]
+    durations = [duration_ms] * (len(frames) - 1) + [duration_ms * 3]
+    temporary = path + '.part.gif'
+    frames[0].save(temporary, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    os.replace(temporary, path)

@@ -1,0 +1,341 @@
+"""Convolutional VAE (Kingma & Welling, arXiv:1312.6114) in TensorFlow 1.x style graph mode.
+
+    python vae.py                       # train the dataset selected in config.py (resumes if it has checkpoints)
+    python vae.py --fresh               # start over in a new run folder, keeping the old one
+    python vae.py --z_dim 32            # any config key can be overridden
+
+The graph functions (encoder, decoder, build_vae) are imported by vae_inference.py and the tests.
+"""
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import utils
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's informational logging off the console
+with utils.silence_stderr():
+    import tensorflow as tf
+
+tf1 = tf.compat.v1
+tf1.disable_eager_execution()
+
+MIN_STD = 1e-6  # floor under the softplus so log(z_std) in the KL stays finite
+GRID_SIDE = 5   # the training grids are GRID_SIDE x GRID_SIDE images
+
+
+# ---------------------------------------------------------------- layers
+
+def weight(name, shape, config):
+    return tf1.get_variable(name, shape, initializer=tf1.truncated_normal_initializer(stddev=config['init_stddev']))
+
+
+def dense(x, units, name, config):
+    with tf1.variable_scope(name):
+        w = weight('w', [x.shape[-1], units], config)
+        b = tf1.get_variable('b', [units], initializer=tf1.zeros_initializer())
+        return tf.matmul(x, w) + b
+
+
+# The convolutions carry no bias: the batch norm after each one has its own offset.
+def conv2d(x, filters, stride, name, config):
+    with tf1.variable_scope(name):
+        k = config['kernel_size']
+        w = weight('w', [k, k, x.shape[-1], filters], config)
+        return tf.nn.conv2d(x, w, strides=stride, padding='SAME')
+
+
+def deconv2d(x, filters, stride, name, config):
+    """Transposed convolution that multiplies height and width by stride."""
+    with tf1.variable_scope(name):
+        k = config['kernel_size']
+        w = weight('w', [k, k, filters, x.shape[-1]], config)
+        height, width = x.shape[1] * stride, x.shape[2] * stride
+        output_shape = tf.stack([tf.shape(x)[0], height, width, filters])
+        y = tf.nn.conv2d_transpose(x, w, output_shape, strides=stride, padding='SAME')
+        return tf.ensure_shape(y, [None, height, width, filters])
+
+
+def batch_norm(x, name, training, config):
+    """Batch norm over all axes but the last: batch statistics while training, moving averages otherwise.
+
+    Training adds the moving-average updates to tf1.GraphKeys.UPDATE_OPS; the train op runs them.
+    """
+    with tf1.variable_scope(name):
+        channels = x.shape[-1]
+        scale = tf1.get_variable('scale', [channels], initializer=tf1.ones_initializer())
+        offset = tf1.get_variable('offset', [channels], initializer=tf1.zeros_initializer())
+        moving_mean = tf1.get_variable('moving_mean', [channels], initializer=tf1.zeros_initializer(),
+                                       trainable=False)
+        moving_variance = tf1.get_variable('moving_variance', [channels], initializer=tf1.ones_initializer(),
+                                           trainable=False)
+        # The fused kernel is the fast path on CPU and GPU; it wants NHWC, so dense features become 1x1 maps.
+        x4 = x if x.shape.ndims == 4 else tf.reshape(x, [-1, 1, 1, channels])
+        if training:
+            y, mean, variance = tf1.nn.fused_batch_norm(x4, scale, offset, epsilon=config['bn_epsilon'],
+                                                        is_training=True)
+            decay = 1.0 - config['bn_momentum']
+            tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(moving_mean, (moving_mean - mean) * decay))
+            tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
+                                  tf1.assign_sub(moving_variance, (moving_variance - variance) * decay))
+        else:
+            y, _, _ = tf1.nn.fused_batch_norm(x4, scale, offset, mean=moving_mean, variance=moving_variance,
+                                              epsilon=config['bn_epsilon'], is_training=False)
+        return tf.reshape(y, tf.shape(x)) if x.shape.ndims != 4 else y
+
+
+# ---------------------------------------------------------------- model
+
+def encoder(images, config, training):
+    """q(z|x): strided conv -> BN -> ReLU blocks, then dense heads for the posterior mean and stddev."""
+    with tf1.variable_scope('encoder', reuse=tf1.AUTO_REUSE):
+        h = images
+        for i, (filters, stride) in enumerate(zip(config['encoder_filters'], config['encoder_strides'])):
+            h = tf.nn.relu(batch_norm(conv2d(h, filters, stride, f'conv{i}', config), f'bn{i}', training, config))
+        h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
+        z_mean = dense(h, config['z_dim'], 'z_mean', config)
+        z_std = tf.nn.softplus(dense(h, config['z_dim'], 'z_std', config)) + MIN_STD
+        return z_mean, z_std
+
+
+def encoder_output_shape(config):
+    """Height, width and channels of the last encoder feature map (SAME padding rounds up)."""
+    height, width = config['image_height'], config['image_width']
+    for stride in config['encoder_strides']:
+        height, width = -(-height // stride), -(-width // stride)
+    return height, width, config['encoder_filters'][-1]
+
+
+def decoder(z, config, training):
+    """p(x|z): dense -> BN -> ReLU -> reshape, transposed conv blocks mirroring the encoder, dense + sigmoid."""
+    with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
+        start = encoder_output_shape(config)
+        h = tf.nn.relu(batch_norm(dense(z, int(np.prod(start)), 'fc', config), 'bn_fc', training, config))
+        h = tf.reshape(h, [-1, *start])
+        strides = config['encoder_strides'][::-1]
+        for i, (filters, stride) in enumerate(zip(config['decoder_filters'], strides)):
+            h = tf.nn.relu(batch_norm(deconv2d(h, filters, stride, f'deconv{i}', config), f'bn{i}', training, config))
+        # The transposed convs overshoot (28 -> 32 for MNIST); a dense layer maps back to the image.
+        h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
+        shape = [config['image_height'], config['image_width'], config['image_channels']]
+        logits = dense(h, int(np.prod(shape)), 'output', config)
+        return tf.reshape(tf.sigmoid(logits), [-1, *shape])
+
+
+def kl_divergence(z_mean, z_std):
+    """KL(N(z_mean, z_std^2) || N(0, I)) in closed form, summed over latent dimensions: one value per example."""
+    return 0.5 * tf.reduce_sum(tf.square(z_mean) + tf.square(z_std) - 2.0 * tf.math.log(z_std) - 1.0, axis=1)
+
+
+def build_vae(images, config, training):
+    """The VAE on a batch of images in [0, 1]. Training decodes a reparameterised sample of q(z|x);
+    inference decodes the posterior mean, so reconstructions are deterministic.
+
+    The loss is the original's: per-pixel MSE + kl_weight * batch-mean KL. It is the negative ELBO of a
+    Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels), divided by D and up to a constant.
+    """
+    z_mean, z_std = encoder(images, config, training)
+    z = z_mean + z_std * tf.random.normal(tf.shape(z_mean)) if training else z_mean
+    reconstruction = decoder(z, config, training)
+    reconstruction_loss = tf.reduce_mean(tf.square(images - reconstruction))
+    kl = tf.reduce_mean(kl_divergence(z_mean, z_std))
+    loss = reconstruction_loss + config['kl_weight'] * kl
+    return {'z_mean': z_mean, 'z_std': z_std, 'z': z, 'reconstruction': reconstruction,
+            'reconstruction_loss': reconstruction_loss, 'kl': kl, 'loss': loss}
+
+
+def fixed_latents(config, count):
+    """The same `count` prior samples z ~ N(0, I) for every frame of a run (seeded)."""
+    return np.random.RandomState(config['seed']).standard_normal((count, config['z_dim'])).astype(np.float32)
+
+
+def session_config(config):
+    threads = config['num_threads']
+    return tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+
+
+def build_inference_graph(config):
+    """Placeholders and outputs for reconstructing images and decoding latents with the moving averages."""
+    tf1.set_random_seed(config['seed'])  # op determinism refuses unseeded random ops, initialisers included
+    shape = [None, config['image_height'], config['image_width'], config['image_channels']]
+    images = tf1.placeholder(tf.float32, shape, name='eval_images')
+    z = tf1.placeholder(tf.float32, [None, config['z_dim']], name='eval_z')
+    vae = build_vae(images, config, training=False)
+    return {'images': images, 'reconstruction': vae['reconstruction'], 'z_mean': vae['z_mean'],
+            'z': z, 'generation': decoder(z, config, training=False)}
+
+
+def build_training_graph(config):
+    """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph."""
+    tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
+    shape = [config['image_height'], config['image_width'], config['image_channels']]
+    train_images = tf1.placeholder(tf.float32, [None, *shape], name='train_images')
+    shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
+    dataset = (tf.data.Dataset.from_tensor_slices(train_images)
+               .shuffle(tf.shape(train_images, out_type=tf.int64)[0], seed=shuffle_seed)
+               .batch(config['batch_size'], drop_remainder=True)
+               .prefetch(2))
+    iterator = tf1.data.make_initializable_iterator(dataset)
+    images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
+
+    vae = build_vae(images, config, training=True)
+    global_step = tf1.train.get_or_create_global_step()
+    epoch = tf1.get_variable('epoch', [], tf.int64, tf1.zeros_initializer(), trainable=False)
+    next_epoch = tf1.placeholder(tf.int64, [], name='next_epoch')
+    optimizer = tf1.train.AdamOptimizer(config['learning_rate'])
+    with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+        train_op = optimizer.minimize(vae['loss'], global_step=global_step)
+
+    summaries = tf1.summary.merge([tf1.summary.scalar('loss', vae['loss']),
+                                   tf1.summary.scalar('reconstruction_loss', vae['reconstruction_loss']),
+                                   tf1.summary.scalar('kl', vae['kl'])])
+    return {**vae, 'train_images': train_images, 'shuffle_seed': shuffle_seed, 'iterator': iterator,
+            'train_op': train_op, 'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
+            'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
+            'inference': build_inference_graph(config), 'init': tf1.global_variables_initializer(),
+            'saver': tf1.train.Saver(max_to_keep=None)}
+
+
+# ---------------------------------------------------------------- run folder
+
+ARCHITECTURE_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
+                     'encoder_strides', 'decoder_filters', 'kernel_size')
+
+
+def check_run_config(config):
+    """Refuse a config whose architecture differs from the one the run folder's checkpoints were trained with."""
+    path = os.path.join(config['run_directory'], 'config.json')
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and saved[key] != config[key]:
+            raise utils.UserError(
+                f'{config["run_directory"]} was trained with {key}={saved[key]} but the config says {config[key]}; '
+                f'pass --{key} {saved[key]} to use that run, or --fresh (training) for a new run folder')
+
+
+def save_run_config(config):
+    path = os.path.join(config['run_directory'], 'config.json')
+    with open(path + '.part', 'w') as f:
+        json.dump(config, f, indent=2)
+    os.replace(path + '.part', path)
+
+
+def png_summary(tag, path):
+    """A TensorBoard image summary holding an already written PNG."""
+    from PIL import Image
+    with open(path, 'rb') as f:
+        encoded = f.read()
+    width, height = Image.open(io.BytesIO(encoded)).size
+    image = tf1.Summary.Image(encoded_image_string=encoded, height=height, width=width, colorspace=3)
+    return tf1.Summary(value=[tf1.Summary.Value(tag=tag, image=image)])
+
+
+def save_epoch(sess, graph, config, epoch, fixed_images, latents, writer):
+    """Checkpoint model_<epoch> and the op-real / op-recons / op-gen grids of the fixed images and latents."""
+    model_directory = utils.run_path(config, 'model_directory')
+    graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
+    inference = graph['inference']
+    reconstructions, generations = sess.run([inference['reconstruction'], inference['generation']],
+                                            {inference['images']: fixed_images, inference['z']: latents})
+    step = sess.run(graph['global_step'])
+    for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
+                        ('gen_directory', generations)):
+        path = os.path.join(utils.run_path(config, key), f'epoch_{epoch:04d}.png')
+        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}')
+        writer.add_summary(png_summary(config[key], path), step)
+    writer.flush()
+
+
+def train(config, data):
+    """Train (or resume) the run in config['run_directory'] on data['train_images']; returns per-epoch mean losses."""
+    run_directory = config['run_directory']
+    for key in ('model_directory', 'log_directory'):
+        try:
+            os.makedirs(utils.run_path(config, key), exist_ok=True)
+        except OSError as error:
+            raise utils.UserError(f'cannot create {utils.run_path(config, key)} ({error.strerror}); '
+                                  'choose a writable --run_directory')
+    if config['deterministic']:
+        tf.config.experimental.enable_op_determinism()
+
+    graph_container = tf.Graph()
+    with graph_container.as_default():
+        graph = build_training_graph(config)
+        graph_container.finalize()  # a training loop that adds ops would leak memory every step: forbid it
+
+    steps_per_epoch = len(data['train_images']) // config['batch_size']
+    fixed_images = data['test_images'][:GRID_SIDE * GRID_SIDE]
+    latents = fixed_latents(config, GRID_SIDE * GRID_SIDE)
+    checkpoints = utils.list_checkpoints(utils.run_path(config, 'model_directory'))
+    if checkpoints:
+        check_run_config(config)
+    epoch_losses = []
+
+    with tf1.Session(graph=graph_container, config=session_config(config)) as sess:
+        if checkpoints:
+            last = max(checkpoints)
+            graph['saver'].restore(sess, checkpoints[last])
+            print(f'resuming {run_directory} from {checkpoints[last]}')
+        else:
+            sess.run(graph['init'])
+        save_run_config(config)
+        start_epoch = int(sess.run(graph['epoch']))
+        if start_epoch >= config['num_epoch']:
+            print(f'{run_directory} has trained all {config["num_epoch"]} epochs; raise --num_epoch to go on, '
+                  'or pass --fresh to start a new run')
+            return epoch_losses
+
+        writer = tf1.summary.FileWriter(utils.run_path(config, 'log_directory'), graph_container)
+        for epoch in range(start_epoch, config['num_epoch']):
+            # The shuffle seed depends on the epoch, so a resumed run sees the same order as an unbroken one.
+            sess.run(graph['iterator'].initializer, {graph['train_images']: data['train_images'],
+                                                     graph['shuffle_seed']: config['seed'] * 100003 + epoch})
+            totals = np.zeros(3)
+            start = time.perf_counter()
+            with tqdm(total=steps_per_epoch, desc=f'epoch {epoch}', leave=False, file=sys.stdout,
+                      disable=None) as bar:
+                for i in range(steps_per_epoch):
+                    step = epoch * steps_per_epoch + i
+                    fetches = [graph['train_op'], graph['loss'], graph['reconstruction_loss'], graph['kl']]
+                    if step % config['summary_every'] == 0:
+                        _, loss, reconstruction_loss, kl, summary = sess.run(fetches + [graph['summaries']])
+                        writer.add_summary(summary, step)
+                    else:
+                        _, loss, reconstruction_loss, kl = sess.run(fetches)
+                    totals += (loss, reconstruction_loss, kl)
+                    bar.update(1)
+                    bar.set_postfix(loss=f'{totals[0] / (i + 1):.5f}')
+            seconds = time.perf_counter() - start
+            mean = totals / steps_per_epoch
+            epoch_losses.append(mean[0])
+            print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
+                  f'{steps_per_epoch * config["batch_size"] / seconds:.0f} images/s')
+            sess.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
+            if epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1:
+                save_epoch(sess, graph, config, epoch, fixed_images, latents, writer)
+        writer.close()
+    return epoch_losses
+
+
+def main(argv):
+    config, options = utils.parse_command_line(argv, {'fresh': None})
+    if options['fresh'] and utils.has_checkpoints(config['run_directory'], config):
+        new_directory = utils.new_run_directory(config['run_directory'], config)
+        print(f'--fresh: {config["run_directory"]} holds an earlier run, kept as it is; training in {new_directory} '
+              f'(resume it with --run_directory {new_directory})')
+        config['run_directory'] = new_directory
+    elif options['fresh']:
+        print(f'--fresh: {config["run_directory"]} holds no checkpoints; training there')
+    data = utils.load_dataset(config)
+    train(config, data)
+
+
+if __name__ == '__main__':
+    utils.exit_on_user_error(lambda: main(sys.argv[1:]))
