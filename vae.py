@@ -193,7 +193,7 @@ def build_training_graph(config):
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', vae['loss']),
                                    tf1.summary.scalar('reconstruction_loss', vae['reconstruction_loss']),
                                    tf1.summary.scalar('kl', vae['kl'])])
-    return {**vae, 'train_images': train_images, 'shuffle_seed': shuffle_seed, 'iterator': iterator,
+    return {**vae, 'images': images, 'train_images': train_images, 'shuffle_seed': shuffle_seed, 'iterator': iterator,
             'train_op': train_op, 'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
             'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
             'inference': build_inference_graph(config), 'init': tf1.global_variables_initializer(),

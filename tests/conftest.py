@@ -6,7 +6,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Real MNIST: the shared copy beside the repo when there is one, else the project's folder (downloaded once).
 MNIST_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')
+if not os.path.isdir(MNIST_DIR):
+    MNIST_DIR = os.path.join(ROOT, 'MNIST', 'data')
 
 # A small model that still has the original's layer structure: trains a few hundred steps in seconds.
 TINY = ['--data_directory', MNIST_DIR, '--z_dim', '4', '--encoder_filters', '4,8,8', '--decoder_filters', '8,4,1',
