@@ -36,12 +36,15 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Run main(); turn a UserError into `error: ...` on stderr and exit status 1."""
+    """Run main(); a UserError becomes `error: ...` on stderr and exit status 1, Ctrl-C a line and 130."""
     try:
         main()
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # before training started (training saves a checkpoint and exits by itself)
+        print('interrupted; nothing was saved', file=sys.stderr)
+        sys.exit(130)
 
 
 # ---------------------------------------------------------------- command line
@@ -144,7 +147,8 @@ def run_path(config, key):
 
 
 def has_checkpoints(run_directory, config):
-    return bool(glob.glob(os.path.join(run_directory, config['model_directory'], 'model_*.index')))
+    model_directory = os.path.join(run_directory, config['model_directory'])
+    return bool(list_checkpoints(model_directory) or list_checkpoints(model_directory, 'interrupted'))
 
 
 def new_run_directory(run_directory, config):
@@ -156,11 +160,12 @@ def new_run_directory(run_directory, config):
     return candidate
 
 
-def list_checkpoints(model_directory):
-    """{epoch: checkpoint prefix} of the complete checkpoints model_<epoch> in a folder."""
+def list_checkpoints(model_directory, kind='model'):
+    """{number: checkpoint prefix} of the complete checkpoints <kind>_<number> in a folder: model_<epoch>
+    (saved after an epoch) or interrupted_<step> (saved on SIGINT / SIGTERM). The .index file is written last."""
     checkpoints = {}
-    for index in glob.glob(os.path.join(model_directory, 'model_*.index')):
-        match = re.fullmatch(r'model_(\d+)\.index', os.path.basename(index))
+    for index in glob.glob(os.path.join(model_directory, f'{kind}_*.index')):
+        match = re.fullmatch(rf'{kind}_(\d+)\.index', os.path.basename(index))
         if match:
             checkpoints[int(match.group(1))] = index[:-len('.index')]
     return dict(sorted(checkpoints.items()))

@@ -6,9 +6,12 @@
 
 The graph functions (encoder, decoder, build_vae) are imported by vae_inference.py and the tests.
 """
+import contextlib
+import glob
 import io
 import json
 import os
+import signal
 import sys
 import time
 
@@ -175,9 +178,11 @@ def build_training_graph(config):
     shape = [config['image_height'], config['image_width'], config['image_channels']]
     train_images = tf1.placeholder(tf.float32, [None, *shape], name='train_images')
     shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
+    skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
     dataset = (tf.data.Dataset.from_tensor_slices(train_images)
                .shuffle(tf.shape(train_images, out_type=tf.int64)[0], seed=shuffle_seed)
                .batch(config['batch_size'], drop_remainder=True)
+               .skip(skip_batches)
                .prefetch(2))
     iterator = tf1.data.make_initializable_iterator(dataset)
     images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
@@ -187,14 +192,17 @@ def build_training_graph(config):
     epoch = tf1.get_variable('epoch', [], tf.int64, tf1.zeros_initializer(), trainable=False)
     next_epoch = tf1.placeholder(tf.int64, [], name='next_epoch')
     optimizer = tf1.train.AdamOptimizer(config['learning_rate'])
+    gradients = optimizer.compute_gradients(vae['loss'])
+    finite = tf.logical_and(tf.math.is_finite(vae['loss']),
+                            tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
     with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
-        train_op = optimizer.minimize(vae['loss'], global_step=global_step)
+        train_op = optimizer.apply_gradients(gradients, global_step=global_step)
 
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', vae['loss']),
                                    tf1.summary.scalar('reconstruction_loss', vae['reconstruction_loss']),
                                    tf1.summary.scalar('kl', vae['kl'])])
-    return {**vae, 'images': images, 'train_images': train_images, 'shuffle_seed': shuffle_seed, 'iterator': iterator,
-            'train_op': train_op, 'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
+    return {**vae, 'images': images, 'train_images': train_images, 'shuffle_seed': shuffle_seed,
+            'skip_batches': skip_batches, 'iterator': iterator, 'train_op': train_op, 'finite': finite, 'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
             'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
             'inference': build_inference_graph(config), 'init': tf1.global_variables_initializer(),
             'saver': tf1.train.Saver(max_to_keep=None)}
@@ -237,14 +245,12 @@ def png_summary(tag, path):
     return tf1.Summary(value=[tf1.Summary.Value(tag=tag, image=image)])
 
 
-def save_epoch(sess, graph, config, epoch, fixed_images, latents, writer):
-    """Checkpoint model_<epoch> and the op-real / op-recons / op-gen grids of the fixed images and latents."""
-    model_directory = utils.run_path(config, 'model_directory')
-    graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
+def save_grids(sess, graph, config, epoch, fixed_images, latents, writer):
+    """The op-real / op-recons / op-gen grids of the fixed images and latents, as PNG and in TensorBoard."""
     inference = graph['inference']
-    reconstructions, generations = sess.run([inference['reconstruction'], inference['generation']],
-                                            {inference['images']: fixed_images, inference['z']: latents})
-    step = sess.run(graph['global_step'])
+    reconstructions, generations, step = sess.run(
+        [inference['reconstruction'], inference['generation'], graph['global_step']],
+        {inference['images']: fixed_images, inference['z']: latents})
     for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
                         ('gen_directory', generations)):
         path = os.path.join(utils.run_path(config, key), f'epoch_{epoch:04d}.png')
@@ -253,14 +259,78 @@ def save_epoch(sess, graph, config, epoch, fixed_images, latents, writer):
     writer.flush()
 
 
+def save_interrupted(sess, graph, config, step):
+    """Checkpoint interrupted_<step> mid-epoch, then drop older interrupted_* checkpoints it supersedes."""
+    model_directory = utils.run_path(config, 'model_directory')
+    path = graph['saver'].save(sess, os.path.join(model_directory, f'interrupted_{step}'), write_meta_graph=False)
+    for old_step, old_prefix in utils.list_checkpoints(model_directory, 'interrupted').items():
+        if old_step < step:
+            for file in glob.glob(old_prefix + '.*'):
+                os.remove(file)
+    return path
+
+
+def latest_checkpoint(config):
+    """(prefix, global step) of the readable checkpoint with the most training steps, or (None, 0).
+
+    TensorFlow renames a checkpoint's .index into place last, so a write cut short leaves no .index; a
+    checkpoint that still cannot be read is skipped with a warning rather than chosen.
+    """
+    model_directory = utils.run_path(config, 'model_directory')
+    for partial in glob.glob(os.path.join(model_directory, '*.tempstate*')):
+        os.remove(partial)  # the remains of a save that was killed; its .index was never written
+    best = (None, 0)
+    prefixes = list(utils.list_checkpoints(model_directory).values()) + \
+        list(utils.list_checkpoints(model_directory, 'interrupted').values())
+    for prefix in prefixes:
+        try:
+            step = int(tf.train.load_variable(prefix, 'global_step'))
+        except (tf.errors.OpError, ValueError) as error:
+            print(f'warning: skipping unreadable checkpoint {prefix} ({str(error).splitlines()[0]})')
+            continue
+        if best[0] is None or step > best[1]:
+            best = (prefix, step)
+    return best
+
+
+def restore_checkpoint(sess, saver, prefix):
+    """saver.restore after checking that every variable of the graph is in the checkpoint with its shape
+    (the compat.v1 Saver would silently reshape a variable to the checkpoint's shape)."""
+    saved = dict(tf.train.list_variables(prefix))
+    for variable in sess.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES):
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in saved or list(saved[name]) != shape:
+            found = f'shape {list(saved[name])}' if name in saved else 'nothing'
+            raise utils.UserError(f'{prefix} does not fit the configured model: {name} has shape {shape} here but '
+                                  f'{found} in the checkpoint; pass the config keys it was trained with')
+    saver.restore(sess, prefix)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Collect SIGINT / SIGTERM in a list instead of dying mid-step; the previous handlers come back after."""
+    received = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def train(config, data):
-    """Train (or resume) the run in config['run_directory'] on data['train_images']; returns per-epoch mean losses."""
+    """Train (or resume) the run in config['run_directory'] on data['train_images']; returns per-epoch mean losses.
+
+    SIGINT / SIGTERM finish the current step, save interrupted_<step> and exit with status 128 + signal.
+    A non-finite loss or gradient stops training before anything non-finite is saved.
+    """
     run_directory = config['run_directory']
     for key in ('model_directory', 'log_directory'):
         try:
             os.makedirs(utils.run_path(config, key), exist_ok=True)
         except OSError as error:
-            raise utils.UserError(f'cannot create {utils.run_path(config, key)} ({error.strerror}); '
+            raise utils.UserError(f'cannot create {utils.run_path(config, key)} ({error.strerror or error}); '
                                   'choose a writable --run_directory')
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
@@ -273,54 +343,72 @@ def train(config, data):
     steps_per_epoch = len(data['train_images']) // config['batch_size']
     fixed_images = data['test_images'][:GRID_SIDE * GRID_SIDE]
     latents = fixed_latents(config, GRID_SIDE * GRID_SIDE)
-    checkpoints = utils.list_checkpoints(utils.run_path(config, 'model_directory'))
-    if checkpoints:
+    checkpoint, step = latest_checkpoint(config)
+    if checkpoint:
         check_run_config(config)
     epoch_losses = []
 
-    with tf1.Session(graph=graph_container, config=session_config(config)) as sess:
-        if checkpoints:
-            last = max(checkpoints)
-            graph['saver'].restore(sess, checkpoints[last])
-            print(f'resuming {run_directory} from {checkpoints[last]}')
+    with stop_requests() as stop_signal, tf1.Session(graph=graph_container, config=session_config(config)) as sess:
+        if checkpoint:
+            restore_checkpoint(sess, graph['saver'], checkpoint)
+            print(f'resuming {run_directory} from {checkpoint} (step {step})')
         else:
             sess.run(graph['init'])
         save_run_config(config)
         start_epoch = int(sess.run(graph['epoch']))
+        # An interrupted checkpoint resumes inside its epoch, at the next batch of the same shuffled order.
+        position = min(max(step - start_epoch * steps_per_epoch, 0), steps_per_epoch)
         if start_epoch >= config['num_epoch']:
             print(f'{run_directory} has trained all {config["num_epoch"]} epochs; raise --num_epoch to go on, '
                   'or pass --fresh to start a new run')
             return epoch_losses
 
         writer = tf1.summary.FileWriter(utils.run_path(config, 'log_directory'), graph_container)
+        fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl']]
         for epoch in range(start_epoch, config['num_epoch']):
             # The shuffle seed depends on the epoch, so a resumed run sees the same order as an unbroken one.
             sess.run(graph['iterator'].initializer, {graph['train_images']: data['train_images'],
-                                                     graph['shuffle_seed']: config['seed'] * 100003 + epoch})
+                                                     graph['shuffle_seed']: config['seed'] * 100003 + epoch,
+                                                     graph['skip_batches']: position})
             totals = np.zeros(3)
             start = time.perf_counter()
-            with tqdm(total=steps_per_epoch, desc=f'epoch {epoch}', leave=False, file=sys.stdout,
+            with tqdm(total=steps_per_epoch, initial=position, desc=f'epoch {epoch}', leave=False, file=sys.stdout,
                       disable=None) as bar:
-                for i in range(steps_per_epoch):
+                for i in range(position, steps_per_epoch):
                     step = epoch * steps_per_epoch + i
-                    fetches = [graph['train_op'], graph['loss'], graph['reconstruction_loss'], graph['kl']]
                     if step % config['summary_every'] == 0:
-                        _, loss, reconstruction_loss, kl, summary = sess.run(fetches + [graph['summaries']])
+                        _, finite, loss, reconstruction_loss, kl, summary = sess.run(fetches + [graph['summaries']])
                         writer.add_summary(summary, step)
                     else:
-                        _, loss, reconstruction_loss, kl = sess.run(fetches)
+                        _, finite, loss, reconstruction_loss, kl = sess.run(fetches)
+                    if not finite:
+                        last_good, _ = latest_checkpoint(config)
+                        raise utils.UserError(
+                            f'the loss or its gradients became non-finite (loss {loss}) at step {step} of epoch '
+                            f'{epoch}; nothing was saved after it, the last good checkpoint is {last_good}; '
+                            'lower --learning_rate and run again to resume from it')
                     totals += (loss, reconstruction_loss, kl)
                     bar.update(1)
-                    bar.set_postfix(loss=f'{totals[0] / (i + 1):.5f}')
+                    bar.set_postfix(loss=f'{totals[0] / (i + 1 - position):.5f}')
+                    if stop_signal:
+                        path = save_interrupted(sess, graph, config, step + 1)
+                        writer.close()
+                        print(f'\n{signal.Signals(stop_signal[0]).name}: saved {path} after step {step + 1}; '
+                              f'run the same command to resume from there')
+                        raise SystemExit(128 + stop_signal[0])
             seconds = time.perf_counter() - start
-            mean = totals / steps_per_epoch
+            mean = totals / (steps_per_epoch - position)
             epoch_losses.append(mean[0])
             print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-                  f'{steps_per_epoch * config["batch_size"] / seconds:.0f} images/s')
+                  f'{(steps_per_epoch - position) * config["batch_size"] / seconds:.0f} images/s')
+            position = 0
             sess.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
             if epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1:
-                save_epoch(sess, graph, config, epoch, fixed_images, latents, writer)
+                model_directory = utils.run_path(config, 'model_directory')
+                graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
+                save_grids(sess, graph, config, epoch, fixed_images, latents, writer)
         writer.close()
+        print(f'trained {config["num_epoch"]} epochs ({sess.run(graph["global_step"])} steps) in {run_directory}')
     return epoch_losses
 
 

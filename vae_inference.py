@@ -42,12 +42,10 @@ def restore(config, checkpoint=None):
     graph.finalize()
     sess = tf1.Session(graph=graph, config=vae.session_config(config))
     try:
-        saver.restore(sess, checkpoints[checkpoint])
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+        vae.restore_checkpoint(sess, saver, checkpoints[checkpoint])
+    except utils.UserError:
         sess.close()
-        first_line = str(error).strip().splitlines()[0]
-        raise utils.UserError(f'{checkpoints[checkpoint]} does not fit the configured model ({first_line}); '
-                              'pass the config keys it was trained with')
+        raise
     print(f'restored {checkpoints[checkpoint]}')
     return sess, outputs, checkpoint
 

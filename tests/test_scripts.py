@@ -115,3 +115,33 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     result = run_script('vae.py', *FAST, '--run_directory', run, '--z_dim', '8')
     assert result.returncode == 1 and 'z_dim=4' in result.stderr
     assert os.path.exists(run / 'models' / 'model_0.index')
+
+
+def test_a_checkpoint_without_its_config_json_is_still_refused_clearly(tmp_path):
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *FAST, '--run_directory', run).returncode == 0
+    os.remove(run / 'config.json')
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--z_dim', '8')
+    assert result.returncode == 1
+    assert result.stderr.startswith(f'error: {run}/models/model_0 does not fit the configured model')
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unwritable_run_folder_fails_clearly(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    result = run_script('vae.py', *FAST, '--run_directory', blocker / 'run')
+    assert result.returncode == 1
+    assert result.stderr.startswith(f'error: cannot create {blocker}/run/models') and 'writable' in result.stderr
+    assert blocker.read_text() == 'not a folder'
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001'])
+    with pytest.raises(utils.UserError, match='batch_size 60001 is larger than the 60000 training images'):
+        utils.load_dataset(config)
+
+
+def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
+    with pytest.raises(utils.UserError, match=f'missing from {tmp_path}/nowhere .* put the four MNIST IDX files'):
+        utils.load_mnist(str(tmp_path / 'nowhere'), mirrors=('file:///nonexistent/',))

@@ -1,0 +1,123 @@
+"""Crash safety: SIGKILL at random moments and during checkpoint writes, SIGINT / SIGTERM, non-finite losses."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+import utils
+import vae
+from conftest import ROOT, TINY, run_script, subset, tiny_config
+
+# 60 steps an epoch, 4 epochs, a checkpoint after each: 240 steps in all when nothing goes wrong.
+ARGS = TINY + ['--batch_size', '1000', '--num_epoch', '4', '--save_every', '1']
+TOTAL_STEPS = 240
+
+
+def start_training(run):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *ARGS, '--run_directory', str(run)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+
+
+def complete_checkpoint_steps(run):
+    """Global steps of the checkpoints on disk that have an .index (complete by construction) and read back."""
+    model_directory = os.path.join(run, 'models')
+    prefixes = list(utils.list_checkpoints(model_directory).values()) + \
+        list(utils.list_checkpoints(model_directory, 'interrupted').values())
+    return [int(tf.train.load_variable(prefix, 'global_step')) for prefix in prefixes]
+
+
+def resumed_step(output):
+    for line in output.splitlines():
+        if line.startswith('resuming'):
+            return int(line.rsplit('(step ', 1)[1].rstrip(')'))
+    return 0
+
+
+def wait_for_checkpoint_write(run, timeout):
+    """Poll until a checkpoint is being written (a .tempstate file exists); True if one was seen."""
+    model_directory = os.path.join(run, 'models')
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isdir(model_directory) and any('.tempstate' in f for f in os.listdir(model_directory)):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+@pytest.mark.crash
+def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp_path):
+    run = tmp_path / 'run'
+    rng = random.Random(0)
+    rounds = resumed_correctly = killed_mid_write = 0
+    expected_step = 0  # the step of the newest complete checkpoint when the last process died
+    finished = False
+    while rounds < 8 and not finished:
+        process = start_training(run)
+        if rounds % 2:
+            mid_write = wait_for_checkpoint_write(run, timeout=30)
+        else:
+            time.sleep(rng.uniform(6, 12))
+            mid_write = False
+        process.send_signal(signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+        finished = process.returncode == 0
+        killed_mid_write += mid_write and not finished
+        assert resumed_step(output) == expected_step, output
+        resumed_correctly += rounds > 0
+        steps = complete_checkpoint_steps(run)
+        assert max(steps, default=0) >= expected_step  # the newest complete save is never lost
+        expected_step = max(steps, default=0)
+        rounds += 1
+    result = run_script('vae.py', *ARGS, '--run_directory', run)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert resumed_step(result.stdout) == expected_step
+    assert f'trained 4 epochs ({TOTAL_STEPS} steps)' in result.stdout
+    assert not [f for f in os.listdir(run / 'models') if 'tempstate' in f]
+    print(f'\n{rounds} SIGKILL rounds ({killed_mid_write} during a checkpoint write); {resumed_correctly + 1} '
+          f'restarts resumed from the newest complete checkpoint')
+    assert killed_mid_write >= 1
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_save_the_current_step_and_resume_there(tmp_path, signum):
+    run = tmp_path / 'run'
+    process = start_training(run)
+    for line in process.stdout:  # wait for epoch 0 to end, then interrupt epoch 1 part-way
+        if line.startswith('epoch   0'):
+            break
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output = process.stdout.read()
+    assert process.wait(timeout=60) == 128 + signum
+    name = signal.Signals(signum).name
+    assert f'{name}: saved ' in output and 'run the same command to resume' in output
+    interrupted = utils.list_checkpoints(run / 'models', 'interrupted')
+    assert len(interrupted) == 1
+    step = next(iter(interrupted))
+    assert 60 < step < 240 and step % 60  # inside an epoch, not at its end
+    assert os.listdir(run / 'logs')
+
+    result = run_script('vae.py', *ARGS, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    assert resumed_step(result.stdout) == step and f'interrupted_{step}' in result.stdout
+    assert f'trained 4 epochs ({TOTAL_STEPS} steps)' in result.stdout
+
+
+def test_a_non_finite_loss_stops_without_saving_it(tmp_path, mnist):
+    config = tiny_config(tmp_path / 'run', '--num_epoch', '1')
+    data = subset(mnist, 640)
+    vae.train(config, data)  # a good checkpoint model_0
+    data['train_images'] = data['train_images'].copy()
+    data['train_images'][:] = float('nan')
+    config['num_epoch'] = 2
+    with pytest.raises(utils.UserError, match=r'non-finite \(loss nan\) at step 10 of epoch 1; .* the last good '
+                                              r'checkpoint is .*model_0'):
+        vae.train(config, data)
+    assert sorted(utils.list_checkpoints(tmp_path / 'run' / 'models')) == [0]
+    assert int(tf.train.load_variable(str(tmp_path / 'run' / 'models' / 'model_0'), 'global_step')) == 10
