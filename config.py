@@ -17,7 +17,13 @@ config_mnist = {
     'batch_size': 256,                # images per training step (the last partial batch is dropped)
     'num_epoch': 100,                 # passes over the training set
     'learning_rate': 0.0005,          # Adam step size
-    'kl_weight': 0.0005,              # weight of the KL term against the per-pixel MSE
+    'kl_weight': 0.0005,              # weight of the KL term against the per-pixel MSE ('gaussian' likelihood)
+    'likelihood': 'gaussian',         # decoder p(x|z): 'gaussian' (the original: MSE + kl_weight * KL, fixed
+                                      # variance kl_weight * D / 2), 'gaussian_learned' or 'bernoulli'
+    'decoder_variance': 'pixel',      # 'gaussian_learned': one learned variance per 'pixel', or one 'global'
+    'decoder_min_variance': 0.001,    # 'gaussian_learned': floor under the learned variance
+    'binarize': False,                # train on a fresh Bernoulli(intensity) binarisation of each batch, evaluate
+                                      # on one fixed seeded binarisation of the test set (for 'bernoulli')
     'init_stddev': 0.02,              # stddev of the truncated-normal initial weights
     'encoder_filters': [16, 32, 64],  # output channels of the encoder convolutions
     'encoder_strides': [2, 2, 2],     # their strides (the decoder mirrors them)
@@ -38,6 +44,15 @@ config_mnist = {
     'gen_directory': 'op-gen',        # 5x5 grids decoded from 25 fixed prior samples (frames of the GIF)
 }
 
+# The IWAE paper's setting (Burda et al. 2015): Bernoulli decoder, dynamically binarised MNIST; its test NLL
+# compares with the literature (python vae.py --dataset MNIST_bernoulli).
+config_mnist_bernoulli = dict(config_mnist, likelihood='bernoulli', binarize=True, run_directory='MNIST-bernoulli')
+
+# A 2-D latent space for the paper's Figure 4 manifold picture (python vae.py --dataset MNIST_2d).
+config_mnist_2d = dict(config_mnist, z_dim=2, run_directory='MNIST-2d')
+
 configs = {
     'MNIST': config_mnist,
+    'MNIST_bernoulli': config_mnist_bernoulli,
+    'MNIST_2d': config_mnist_2d,
 }

@@ -129,6 +129,12 @@ def check_config(config):
             raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
     if config['kl_weight'] < 0:
         raise UserError(f'kl_weight must be >= 0, got {config["kl_weight"]}; fix it with --kl_weight')
+    choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global')}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise UserError(f'{key} must be one of {", ".join(allowed)}, got {config[key]!r}; fix it with --{key}')
+    if not config['decoder_min_variance'] > 0:
+        raise UserError(f'decoder_min_variance must be positive, got {config["decoder_min_variance"]}')
     if not 0 <= config['bn_momentum'] < 1:
         raise UserError(f'bn_momentum must be in [0, 1), got {config["bn_momentum"]}')
     if len(config['encoder_filters']) != len(config['encoder_strides']) or \

@@ -114,7 +114,11 @@ def encoder_output_shape(config):
 
 
 def decoder(z, config, training):
-    """p(x|z): dense -> BN -> ReLU -> reshape, transposed conv blocks mirroring the encoder, dense + sigmoid."""
+    """p(x|z): dense -> BN -> ReLU -> reshape, transposed conv blocks mirroring the encoder, dense output.
+
+    Returns the image-shaped logits; tf.sigmoid of them is the decoded image (the Gaussian mean, or the
+    Bernoulli probabilities).
+    """
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         start = encoder_output_shape(config)
         h = tf.nn.relu(batch_norm(dense(z, int(np.prod(start)), 'fc', config), 'bn_fc', training, config))
@@ -124,9 +128,36 @@ def decoder(z, config, training):
             h = tf.nn.relu(batch_norm(deconv2d(h, filters, stride, f'deconv{i}', config), f'bn{i}', training, config))
         # The transposed convs overshoot (28 -> 32 for MNIST); a dense layer maps back to the image.
         h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
-        shape = [config['image_height'], config['image_width'], config['image_channels']]
+        shape = image_shape(config)
         logits = dense(h, int(np.prod(shape)), 'output', config)
-        return tf.reshape(tf.sigmoid(logits), [-1, *shape])
+        return tf.reshape(logits, [-1, *shape])
+
+
+def image_shape(config):
+    return [config['image_height'], config['image_width'], config['image_channels']]
+
+
+def decoder_log_variance(config):
+    """log sigma^2 of the Gaussian decoder: fixed at log(kl_weight * D / 2) for 'gaussian' (the variance under
+    which the original loss is the negative ELBO), a learned variable (per pixel or global) for
+    'gaussian_learned', floored at decoder_min_variance."""
+    pixels = int(np.prod(image_shape(config)))
+    if config['likelihood'] == 'gaussian':
+        return tf.constant(np.log(config['kl_weight'] * pixels / 2), tf.float32)
+    shape = image_shape(config) if config['decoder_variance'] == 'pixel' else []
+    with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
+        raw = tf1.get_variable('log_variance', shape, initializer=tf1.zeros_initializer())
+    return tf.math.log(config['decoder_min_variance'] + tf.exp(raw))
+
+
+def log_likelihood(images, logits, config):
+    """log p(x|z) in nats, one value per image, under the configured decoder likelihood."""
+    axes = [1, 2, 3]
+    if config['likelihood'] == 'bernoulli':
+        return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits), axes)
+    log_variance = decoder_log_variance(config)
+    squared_error = tf.square(images - tf.sigmoid(logits))
+    return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + log_variance + squared_error * tf.exp(-log_variance), axes)
 
 
 def kl_divergence(z_mean, z_std):
@@ -134,20 +165,55 @@ def kl_divergence(z_mean, z_std):
     return 0.5 * tf.reduce_sum(tf.square(z_mean) + tf.square(z_std) - 2.0 * tf.math.log(z_std) - 1.0, axis=1)
 
 
+def normal_log_density(z, mean, std):
+    """log N(z; mean, std^2) summed over the last axis."""
+    return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + 2.0 * tf.math.log(std) + tf.square((z - mean) / std), axis=-1)
+
+
+def importance_log_weights(images, z_mean, z_std, log_likelihood_fn, k):
+    """[k, batch] log w = log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x) per image.
+
+    Their mean over k estimates the ELBO; log-mean-exp over k is the importance-weighted bound of
+    Burda et al. (2015), which tightens towards log p(x) as k grows. log_likelihood_fn(images, z) gives
+    log p(x|z) for a flat batch.
+    """
+    batch, z_dim = tf.shape(z_mean)[0], tf.shape(z_mean)[1]
+    z = z_mean + z_std * tf.random.normal([k, batch, z_dim])
+    log_q = normal_log_density(z, z_mean, z_std)
+    log_prior = normal_log_density(z, 0.0, 1.0)
+    tiled = tf.tile(images[None], [k] + [1] * images.shape.ndims)
+    flat = lambda t: tf.reshape(t, tf.concat([[k * batch], tf.shape(t)[2:]], 0))
+    log_px = tf.reshape(log_likelihood_fn(flat(tiled), flat(z)), [k, batch])
+    return log_px + log_prior - log_q
+
+
+def evaluation_images(config, images):
+    """The test images a model is evaluated on: as they are, or one fixed seeded binarisation when it was
+    trained on binarised data (so numbers are comparable between runs and with the literature)."""
+    if not config['binarize']:
+        return images
+    return (np.random.RandomState(config['seed']).uniform(size=images.shape) < images).astype(np.float32)
+
+
 def build_vae(images, config, training):
     """The VAE on a batch of images in [0, 1]. Training decodes a reparameterised sample of q(z|x);
     inference decodes the posterior mean, so reconstructions are deterministic.
 
-    The loss is the original's: per-pixel MSE + kl_weight * batch-mean KL. It is the negative ELBO of a
-    Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels), divided by D and up to a constant.
+    With likelihood 'gaussian' the loss is the original's: per-pixel MSE + kl_weight * batch-mean KL, the
+    negative ELBO of a Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels), divided by D and up to
+    a constant. With 'gaussian_learned' or 'bernoulli' it is the batch mean of the negative ELBO in nats.
     """
     z_mean, z_std = encoder(images, config, training)
     z = z_mean + z_std * tf.random.normal(tf.shape(z_mean)) if training else z_mean
-    reconstruction = decoder(z, config, training)
+    logits = decoder(z, config, training)
+    reconstruction = tf.sigmoid(logits)
     reconstruction_loss = tf.reduce_mean(tf.square(images - reconstruction))
     kl = tf.reduce_mean(kl_divergence(z_mean, z_std))
-    loss = reconstruction_loss + config['kl_weight'] * kl
-    return {'z_mean': z_mean, 'z_std': z_std, 'z': z, 'reconstruction': reconstruction,
+    if config['likelihood'] == 'gaussian':
+        loss = reconstruction_loss + config['kl_weight'] * kl
+    else:
+        loss = kl - tf.reduce_mean(log_likelihood(images, logits, config))
+    return {'z_mean': z_mean, 'z_std': z_std, 'z': z, 'logits': logits, 'reconstruction': reconstruction,
             'reconstruction_loss': reconstruction_loss, 'kl': kl, 'loss': loss}
 
 
@@ -164,18 +230,22 @@ def session_config(config):
 def build_inference_graph(config):
     """Placeholders and outputs for reconstructing images and decoding latents with the moving averages."""
     tf1.set_random_seed(config['seed'])  # op determinism refuses unseeded random ops, initialisers included
-    shape = [None, config['image_height'], config['image_width'], config['image_channels']]
-    images = tf1.placeholder(tf.float32, shape, name='eval_images')
+    images = tf1.placeholder(tf.float32, [None, *image_shape(config)], name='eval_images')
     z = tf1.placeholder(tf.float32, [None, config['z_dim']], name='eval_z')
     vae = build_vae(images, config, training=False)
+    # One-sample estimate of the negative ELBO in nats, per image, under the trained decoder likelihood.
+    z_sample = vae['z_mean'] + vae['z_std'] * tf.random.normal(tf.shape(vae['z_mean']))
+    negative_elbo = kl_divergence(vae['z_mean'], vae['z_std']) - \
+        log_likelihood(images, decoder(z_sample, config, training=False), config)
     return {'images': images, 'reconstruction': vae['reconstruction'], 'z_mean': vae['z_mean'],
-            'z': z, 'generation': decoder(z, config, training=False)}
+            'z_std': vae['z_std'], 'negative_elbo': negative_elbo,
+            'z': z, 'generation': tf.sigmoid(decoder(z, config, training=False))}
 
 
 def build_training_graph(config):
     """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
-    shape = [config['image_height'], config['image_width'], config['image_channels']]
+    shape = image_shape(config)
     train_images = tf1.placeholder(tf.float32, [None, *shape], name='train_images')
     shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
     skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
@@ -186,8 +256,11 @@ def build_training_graph(config):
                .prefetch(2))
     iterator = tf1.data.make_initializable_iterator(dataset)
     images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
+    model_input = images
+    if config['binarize']:  # dynamic binarisation: a fresh Bernoulli(intensity) draw of every pixel at every step
+        model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
 
-    vae = build_vae(images, config, training=True)
+    vae = build_vae(model_input, config, training=True)
     global_step = tf1.train.get_or_create_global_step()
     epoch = tf1.get_variable('epoch', [], tf.int64, tf1.zeros_initializer(), trainable=False)
     next_epoch = tf1.placeholder(tf.int64, [], name='next_epoch')
@@ -210,8 +283,10 @@ def build_training_graph(config):
 
 # ---------------------------------------------------------------- run folder
 
+# The keys a checkpoint is tied to: another value would not restore, or would be evaluated wrongly.
 ARCHITECTURE_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
-                     'encoder_strides', 'decoder_filters', 'kernel_size')
+                     'encoder_strides', 'decoder_filters', 'kernel_size', 'likelihood', 'decoder_variance',
+                     'binarize')
 
 
 def check_run_config(config):
@@ -257,6 +332,12 @@ def save_grids(sess, graph, config, epoch, fixed_images, latents, writer):
         utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}')
         writer.add_summary(png_summary(config[key], path), step)
     writer.flush()
+
+
+def run_in_batches(sess, tensor, placeholder, inputs, batch_size=500):
+    """sess.run(tensor) over inputs fed in batches, concatenated along the first axis."""
+    return np.concatenate([sess.run(tensor, {placeholder: inputs[i:i + batch_size]})
+                           for i in range(0, len(inputs), batch_size)])
 
 
 def save_interrupted(sess, graph, config, step):
@@ -341,7 +422,8 @@ def train(config, data):
         graph_container.finalize()  # a training loop that adds ops would leak memory every step: forbid it
 
     steps_per_epoch = len(data['train_images']) // config['batch_size']
-    fixed_images = data['test_images'][:GRID_SIDE * GRID_SIDE]
+    test_images = evaluation_images(config, data['test_images'])
+    fixed_images = test_images[:GRID_SIDE * GRID_SIDE]
     latents = fixed_latents(config, GRID_SIDE * GRID_SIDE)
     checkpoint, step = latest_checkpoint(config)
     if checkpoint:
@@ -407,6 +489,12 @@ def train(config, data):
                 model_directory = utils.run_path(config, 'model_directory')
                 graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
                 save_grids(sess, graph, config, epoch, fixed_images, latents, writer)
+                inference = graph['inference']
+                test_nelbo = run_in_batches(sess, inference['negative_elbo'], inference['images'], test_images).mean()
+                writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats',
+                                                                        simple_value=test_nelbo)]),
+                                   sess.run(graph['global_step']))
+                print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
         writer.close()
         print(f'trained {config["num_epoch"]} epochs ({sess.run(graph["global_step"])} steps) in {run_directory}')
     return epoch_losses

@@ -1,25 +1,37 @@
 """Restore a trained VAE and write what it learned into its run folder.
 
-    python vae_inference.py                  # the latest checkpoint of the dataset selected in config.py
-    python vae_inference.py --checkpoint 5   # the checkpoint model_5
+    python vae_inference.py                  # reconstructions, samples and the GIF of the latest checkpoint
+    python vae_inference.py --checkpoint 5   # the same for checkpoint model_5
+    python vae_inference.py --evaluate       # test-set metrics and the IWAE bound (k=1000) -> metrics.json
+    python vae_inference.py --evaluate --k 5000 --num_test 1000   # the standard k, on the first 1000 test images
+    python vae_inference.py --interpolate --traverse --scatter --curves   # latent-space pictures
+    python vae_inference.py --dataset MNIST_2d --manifold                 # the 2-D manifold of a z_dim 2 model
 
 Writes reconstructions.png (rows of test images, each followed by its reconstruction), generations.png
 (decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in epoch order).
 """
+import glob
+import json
 import os
+import statistics
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 import utils
 import vae  # imports TensorFlow quietly
 
 tf = vae.tf
-
 tf1 = tf.compat.v1
 
-GRID_COLUMNS = 10    # images per row of both grids
-RECONSTRUCTED_ROWS = 5  # pairs of rows (originals, reconstructions) in reconstructions.png
+GRID_COLUMNS = 10        # images per row of the grids
+RECONSTRUCTED_ROWS = 5   # pairs of rows (originals, reconstructions) in reconstructions.png
+IWAE_DECODES = 10000     # decoder passes per session.run of the importance-weighted bound
+TRAVERSE_STEPS = 11      # values of one latent dimension in [-3, 3], per row of traversal.png
+TRAVERSE_DIMENSIONS = 8  # rows of traversal.png: the latent dimensions with the largest KL
+MANIFOLD_SIDE = 20       # manifold.png is MANIFOLD_SIDE x MANIFOLD_SIDE decoded points
+ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j|x]) exceeds this
 
 
 def restore(config, checkpoint=None):
@@ -38,6 +50,10 @@ def restore(config, checkpoint=None):
     graph = tf.Graph()
     with graph.as_default():
         outputs = vae.build_inference_graph(config)
+        outputs['k'] = tf1.placeholder(tf.int32, [], name='k')
+        log_likelihood = lambda images, z: vae.log_likelihood(images, vae.decoder(z, config, False), config)
+        outputs['log_weights'] = vae.importance_log_weights(outputs['images'], outputs['z_mean'], outputs['z_std'],
+                                                            log_likelihood, outputs['k'])
         saver = tf1.train.Saver()
     graph.finalize()
     sess = tf1.Session(graph=graph, config=vae.session_config(config))
@@ -66,23 +82,272 @@ def interleave_rows(originals, reconstructions, columns):
     return np.concatenate(rows)
 
 
+# ---------------------------------------------------------------- numbers
+
+def log_mean_exp(values, axis=0):
+    """log(mean(exp(values))) along axis, without overflow or underflow."""
+    peak = np.max(values, axis=axis, keepdims=True)
+    return np.squeeze(peak, axis) + np.log(np.mean(np.exp(values - peak), axis=axis))
+
+
+def importance_weighted_bound(sess, outputs, images, k):
+    """Per-image (ELBO estimate, IWAE bound) in nats from k importance samples each."""
+    images_per_run = max(1, min(len(images), IWAE_DECODES // k))
+    samples_per_run = min(k, IWAE_DECODES)
+    elbo, iwae = [], []
+    with tqdm(total=len(images) * k, unit='sample', desc=f'IWAE k={k}', disable=None, file=sys.stdout) as bar:
+        for start in range(0, len(images), images_per_run):
+            batch = images[start:start + images_per_run]
+            log_weights = []
+            for done in range(0, k, samples_per_run):
+                chunk = min(samples_per_run, k - done)
+                log_weights.append(sess.run(outputs['log_weights'], {outputs['images']: batch, outputs['k']: chunk}))
+                bar.update(chunk * len(batch))
+            log_weights = np.concatenate(log_weights).astype(np.float64)
+            elbo.append(log_weights.mean(axis=0))
+            iwae.append(log_mean_exp(log_weights, axis=0))
+    return np.concatenate(elbo), np.concatenate(iwae)
+
+
+def active_units(z_means, threshold=ACTIVE_UNIT_VARIANCE):
+    """Latent dimensions whose posterior mean varies over the data by more than threshold (Burda et al.)."""
+    return int(np.sum(np.var(z_means, axis=0) > threshold))
+
+
+def nats_to_bits_per_dim(nats, dimensions):
+    return nats / (dimensions * np.log(2))
+
+
+def decoder_description(config):
+    pixels = int(np.prod(vae.image_shape(config)))
+    if config['likelihood'] == 'gaussian':
+        variance = config['kl_weight'] * pixels / 2
+        return f'gaussian, fixed variance sigma^2 = kl_weight * D / 2 = {variance:.4g}'
+    if config['likelihood'] == 'gaussian_learned':
+        return f'gaussian, learned {config["decoder_variance"]} variance'
+    return 'bernoulli' + (' (fixed seeded binarisation of the test set)' if config['binarize'] else '')
+
+
+def evaluate(sess, outputs, config, images, k):
+    """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension)."""
+    z_means, z_stds = [], []
+    for start in range(0, len(images), 500):
+        z_mean, z_std = sess.run([outputs['z_mean'], outputs['z_std']], {outputs['images']: images[start:start + 500]})
+        z_means.append(z_mean)
+        z_stds.append(z_std)
+    z_means, z_stds = np.concatenate(z_means), np.concatenate(z_stds)
+    reconstructions = vae.run_in_batches(sess, outputs['reconstruction'], outputs['images'], images)
+    mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
+    kl = 0.5 * np.sum(np.square(z_means) + np.square(z_stds) - 2 * np.log(z_stds) - 1, axis=1)
+    elbo, iwae = importance_weighted_bound(sess, outputs, images, k)
+    dimensions = int(np.prod(images.shape[1:]))
+    standard_error = lambda values: float(np.std(values) / np.sqrt(len(values)))
+    return {
+        'test_images': len(images),
+        'decoder': decoder_description(config),
+        'reconstruction_mse': float(mse.mean()),
+        'psnr_db': float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12)))),
+        'kl_nats': float(kl.mean()),
+        'negative_elbo_nats': float(-elbo.mean()),
+        'negative_elbo_bits_per_dim': float(nats_to_bits_per_dim(-elbo.mean(), dimensions)),
+        'iwae_k': k,
+        'negative_iwae_nats': float(-iwae.mean()),
+        'negative_iwae_nats_standard_error': standard_error(iwae),
+        'negative_iwae_bits_per_dim': float(nats_to_bits_per_dim(-iwae.mean(), dimensions)),
+        'active_units': active_units(z_means),
+        'z_dim': config['z_dim'],
+    }
+
+
+def print_metrics(metrics):
+    rows = [
+        ('test images', f'{metrics["test_images"]}'),
+        ('decoder', metrics['decoder']),
+        ('reconstruction MSE (posterior mean)', f'{metrics["reconstruction_mse"]:.5f}'),
+        ('PSNR (mean over images)', f'{metrics["psnr_db"]:.2f} dB'),
+        ('KL(q(z|x) || p(z))', f'{metrics["kl_nats"]:.2f} nats'),
+        (f'negative ELBO (k={metrics["iwae_k"]} samples)',
+         f'{metrics["negative_elbo_nats"]:.2f} nats = {metrics["negative_elbo_bits_per_dim"]:.4f} bits/dim'),
+        (f'negative IWAE bound, k={metrics["iwae_k"]}',
+         f'{metrics["negative_iwae_nats"]:.2f} +- {metrics["negative_iwae_nats_standard_error"]:.2f} nats = '
+         f'{metrics["negative_iwae_bits_per_dim"]:.4f} bits/dim'),
+        ('active units', f'{metrics["active_units"]} of {metrics["z_dim"]}'),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f'  {name:<{width}}  {value}')
+
+
+# ---------------------------------------------------------------- pictures
+
+def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
+    """rows x (steps + 2): each row a test image, decodes along the line between its posterior mean and the
+    next image's, and that image."""
+    z_means = sess.run(outputs['z_mean'], {outputs['images']: images[:2 * rows]})
+    pictures = []
+    for row in range(rows):
+        start, end = z_means[2 * row], z_means[2 * row + 1]
+        line = np.stack([(1 - t) * start + t * end for t in np.linspace(0, 1, steps)]).astype(np.float32)
+        pictures += [images[2 * row:2 * row + 1], generate(sess, outputs, line), images[2 * row + 1:2 * row + 2]]
+    return np.concatenate(pictures)
+
+
+def kl_per_dimension(sess, outputs, images):
+    z_mean, z_std = sess.run([outputs['z_mean'], outputs['z_std']], {outputs['images']: images})
+    return np.mean(0.5 * (np.square(z_mean) + np.square(z_std) - 2 * np.log(z_std) - 1), axis=0)
+
+
+def traversal_grid(sess, outputs, images, dimensions):
+    """One row per latent dimension: the first test image's z_mean with that dimension swept over [-3, 3]."""
+    base = sess.run(outputs['z_mean'], {outputs['images']: images[:1]})[0]
+    rows = []
+    for dimension in dimensions:
+        z = np.repeat(base[None], TRAVERSE_STEPS, axis=0)
+        z[:, dimension] = np.linspace(-3, 3, TRAVERSE_STEPS)
+        rows.append(generate(sess, outputs, z.astype(np.float32)))
+    return np.concatenate(rows)
+
+
+def manifold_grid(sess, outputs, side=MANIFOLD_SIDE):
+    """The paper's Figure 4: decodes of a side x side grid of 2-D latents placed through the inverse Gaussian
+    CDF, so that equal areas of the grid carry equal prior mass."""
+    quantiles = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.5 / side, 1 - 0.5 / side, side)]
+    z = np.array([[x, y] for y in quantiles[::-1] for x in quantiles], np.float32)
+    return generate(sess, outputs, z)
+
+
+def principal_components(points, count=2):
+    centred = points - points.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    return centred @ components[:count].T
+
+
+def save_scatter(path, z_means, labels, title):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    points = z_means if z_means.shape[1] == 2 else principal_components(z_means)
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap='tab10', s=3, vmin=-0.5, vmax=9.5)
+    figure.colorbar(scatter, ticks=range(10), label='digit')
+    axes.set_title(title)
+    axes.set_xlabel('z1' if z_means.shape[1] == 2 else 'principal component 1')
+    axes.set_ylabel('z2' if z_means.shape[1] == 2 else 'principal component 2')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def read_training_curves(log_directory):
+    """{tag: (steps, values)} of the scalar summaries in a run's TensorBoard logs; a step logged twice (a run
+    resumed after a crash) keeps its latest value."""
+    curves = {}
+    verbosity = tf1.logging.get_verbosity()
+    tf1.logging.set_verbosity(tf1.logging.ERROR)  # summary_iterator's deprecation notice is not for our users
+    try:
+        for path in sorted(glob.glob(os.path.join(log_directory, 'events.out.tfevents.*'))):
+            for event in tf1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if value.HasField('simple_value'):
+                        curves.setdefault(value.tag, {})[event.step] = value.simple_value
+    finally:
+        tf1.logging.set_verbosity(verbosity)
+    return {tag: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
+            for tag, points in curves.items()}
+
+
+def save_training_curves(path, curves, steps_per_epoch):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    tags = [tag for tag in ('loss', 'reconstruction_loss', 'kl', 'test_negative_elbo_nats') if tag in curves]
+    figure, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.5), squeeze=False)
+    for axis, tag in zip(axes[0], tags):
+        steps, values = curves[tag]
+        axis.plot(steps / steps_per_epoch, values, linewidth=1)
+        axis.set_title(tag.replace('_', ' '))
+        axis.set_xlabel('epoch')
+        if tag != 'kl':
+            axis.set_yscale('log')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- main
+
 def main(argv):
-    config, options = utils.parse_command_line(argv, {'checkpoint': -1})
-    sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
+    flags = {'checkpoint': -1, 'evaluate': None, 'k': 1000, 'num_test': 0, 'interpolate': None,
+             'traverse': None, 'manifold': None, 'scatter': None, 'curves': None}
+    config, options = utils.parse_command_line(argv, flags)
+    if options['k'] <= 0 or options['num_test'] < 0:
+        raise utils.UserError('--k must be positive and --num_test zero (all) or positive')
+    if options['manifold'] and config['z_dim'] != 2:
+        raise utils.UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
+                              'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
+    pictures = [name for name in ('evaluate', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves')
+                if options[name]]
     run_directory = config['run_directory']
+
+    def write(name, images, rows, columns, title):
+        path = os.path.join(run_directory, name)
+        utils.save_grid(path, images, rows, columns, title=title)
+        print(f'wrote {path}')
+
+    if options['curves']:
+        curves = read_training_curves(utils.run_path(config, 'log_directory'))
+        if 'loss' not in curves:
+            raise utils.UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
+                                  'train first with python vae.py')
+        data = utils.load_dataset(config)
+        path = os.path.join(run_directory, 'training_curves.png')
+        save_training_curves(path, curves, len(data['train_images']) // config['batch_size'])
+        print(f'wrote {path}')
+        if pictures == ['curves']:
+            return
+
+    sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     with sess:
         data = utils.load_dataset(config)
-        originals = data['test_images'][:RECONSTRUCTED_ROWS * GRID_COLUMNS]
-        pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
-        path = os.path.join(run_directory, 'reconstructions.png')
-        utils.save_grid(path, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS, title=f'epoch {epoch}: test / reconstruction')
-        print(f'wrote {path}')
+        test_images = vae.evaluation_images(config, data['test_images'])
+        if options['num_test']:
+            test_images = test_images[:options['num_test']]
+        if not pictures:
+            originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
+            pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
+            write('reconstructions.png', pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
+                  f'epoch {epoch}: test / reconstruction')
+            samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
+            write('generations.png', samples, GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of N(0, I)')
+        if options['evaluate']:
+            metrics = {'checkpoint': f'model_{epoch}', **evaluate(sess, outputs, config, test_images, options['k'])}
+            print_metrics(metrics)
+            path = os.path.join(run_directory, 'metrics.json')
+            with open(path + '.part', 'w') as f:
+                json.dump(metrics, f, indent=2)
+            os.replace(path + '.part', path)
+            print(f'wrote {path}')
+        if options['interpolate']:
+            rows = min(8, len(test_images) // 2)
+            write('interpolation.png', interpolation_grid(sess, outputs, test_images, rows), rows,
+                  GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
+        if options['traverse']:
+            kl = kl_per_dimension(sess, outputs, test_images[:1000])
+            dimensions = np.argsort(-kl)[:TRAVERSE_DIMENSIONS]
+            write('traversal.png', traversal_grid(sess, outputs, test_images, dimensions), len(dimensions),
+                  TRAVERSE_STEPS, f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
+        if options['manifold']:
+            write('manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
+                  f'epoch {epoch}: 2-D latent manifold')
+        if options['scatter']:
+            z_means = vae.run_in_batches(sess, outputs['z_mean'], outputs['images'], test_images)
+            path = os.path.join(run_directory, 'latent_scatter.png')
+            save_scatter(path, z_means, data['test_labels'][:len(test_images)],
+                         f'test posterior means, epoch {epoch}')
+            print(f'wrote {path}')
 
-        samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
-        path = os.path.join(run_directory, 'generations.png')
-        utils.save_grid(path, samples, GRID_COLUMNS, GRID_COLUMNS, title=f'epoch {epoch}: samples of N(0, I)')
-        print(f'wrote {path}')
-
+    if pictures:
+        return
     frames = utils.epoch_frames(utils.run_path(config, 'gen_directory'))
     if frames:
         path = os.path.join(run_directory, 'generations.gif')
@@ -90,7 +355,6 @@ def main(argv):
         print(f'wrote {path} ({len(frames)} frames, epochs {frames[0][0]} to {frames[-1][0]})')
     else:
         print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
-
 
 if __name__ == '__main__':
     utils.exit_on_user_error(lambda: main(sys.argv[1:]))
