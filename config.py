@@ -26,8 +26,11 @@ config_mnist = {
                                       # on one fixed seeded binarisation of the test set (for 'bernoulli')
     'init_stddev': 0.02,              # stddev of the truncated-normal initial weights
     'encoder_filters': [16, 32, 64],  # output channels of the encoder convolutions
-    'encoder_strides': [2, 2, 2],     # their strides (the decoder mirrors them)
+    'encoder_strides': [2, 2, 2],     # their strides
     'decoder_filters': [64, 32, 1],   # output channels of the decoder transposed convolutions
+    'decoder_strides': [2, 2, 2],     # their strides (4x4 -> 32x32 here)
+    'output_head': 'dense_sigmoid',   # 'dense_sigmoid': BN-ReLU, dense to the pixels, sigmoid (images in [0, 1]);
+                                      # 'conv_tanh': the last transposed conv is the image, tanh ([-1, 1])
     'kernel_size': 3,                 # square kernel of every (transposed) convolution
     'bn_momentum': 0.99,              # decay of the batch-norm moving averages used at inference
     'bn_epsilon': 0.001,              # batch-norm variance epsilon

@@ -129,7 +129,8 @@ def check_config(config):
             raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
     if config['kl_weight'] < 0:
         raise UserError(f'kl_weight must be >= 0, got {config["kl_weight"]}; fix it with --kl_weight')
-    choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global')}
+    choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global'),
+               'output_head': ('dense_sigmoid', 'conv_tanh')}
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise UserError(f'{key} must be one of {", ".join(allowed)}, got {config[key]!r}; fix it with --{key}')
@@ -137,12 +138,21 @@ def check_config(config):
         raise UserError(f'decoder_min_variance must be positive, got {config["decoder_min_variance"]}')
     if not 0 <= config['bn_momentum'] < 1:
         raise UserError(f'bn_momentum must be in [0, 1), got {config["bn_momentum"]}')
-    if len(config['encoder_filters']) != len(config['encoder_strides']) or \
-            len(config['decoder_filters']) != len(config['encoder_strides']):
-        raise UserError('encoder_filters, encoder_strides and decoder_filters need the same length, got '
-                        f'{config["encoder_filters"]}, {config["encoder_strides"]}, {config["decoder_filters"]}')
-    if min(config['encoder_filters'] + config['decoder_filters'] + config['encoder_strides']) <= 0:
-        raise UserError('encoder_filters, encoder_strides and decoder_filters must be positive')
+    if len(config['encoder_filters']) != len(config['encoder_strides']):
+        raise UserError('encoder_filters and encoder_strides need the same length, got '
+                        f'{config["encoder_filters"]} and {config["encoder_strides"]}')
+    if len(config['decoder_filters']) != len(config['decoder_strides']):
+        raise UserError('decoder_filters and decoder_strides need the same length, got '
+                        f'{config["decoder_filters"]} and {config["decoder_strides"]}')
+    layers = config['encoder_filters'] + config['decoder_filters'] + config['encoder_strides'] + \
+        config['decoder_strides']
+    if not layers or min(layers) <= 0:
+        raise UserError('encoder/decoder filters and strides must be positive')
+    if config['output_head'] == 'conv_tanh' and config['decoder_filters'][-1] != config['image_channels']:
+        raise UserError(f'with output_head conv_tanh the last of decoder_filters is the image: it must be '
+                        f'image_channels={config["image_channels"]}, got {config["decoder_filters"][-1]}')
+    if config['likelihood'] == 'bernoulli' and config['output_head'] != 'dense_sigmoid':
+        raise UserError('likelihood bernoulli needs output_head dense_sigmoid (pixel probabilities in [0, 1])')
 
 
 # ---------------------------------------------------------------- run folders
@@ -294,14 +304,15 @@ def load_dataset(config):
 
 # ---------------------------------------------------------------- images
 
-def to_uint8(images):
-    """Float images in [0, 1] to uint8 pixels, rounding rather than truncating."""
-    return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+def to_uint8(images, value_range=(0.0, 1.0)):
+    """Float images in value_range to uint8 pixels, rounding rather than truncating."""
+    low, high = value_range
+    return np.clip(np.rint((np.asarray(images) - low) * (255 / (high - low))), 0, 255).astype(np.uint8)
 
 
-def image_grid(images, rows, columns):
-    """A (rows*H, columns*W, C) uint8 mosaic of the first rows*columns images (float in [0, 1])."""
-    images = to_uint8(images[:rows * columns])
+def image_grid(images, rows, columns, value_range=(0.0, 1.0)):
+    """A (rows*H, columns*W, C) uint8 mosaic of the first rows*columns images (floats in value_range)."""
+    images = to_uint8(images[:rows * columns], value_range)
     count, height, width, channels = images.shape
     if count < rows * columns:
         images = np.concatenate([images, np.zeros((rows * columns - count, height, width, channels), np.uint8)])
@@ -309,9 +320,9 @@ def image_grid(images, rows, columns):
     return grid.reshape(rows * height, columns * width, channels)
 
 
-def save_grid(path, images, rows, columns, title=None, scale=2):
+def save_grid(path, images, rows, columns, title=None, scale=2, value_range=(0.0, 1.0)):
     """Write a grid of images as PNG, upscaled `scale` times, with an optional title strip on top."""
-    grid = image_grid(images, rows, columns)
+    grid = image_grid(images, rows, columns, value_range)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert('RGB')
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     if title:

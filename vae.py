@@ -114,23 +114,38 @@ def encoder_output_shape(config):
 
 
 def decoder(z, config, training):
-    """p(x|z): dense -> BN -> ReLU -> reshape, transposed conv blocks mirroring the encoder, dense output.
+    """p(x|z): dense -> BN -> ReLU -> reshape, then transposed conv blocks with decoder_strides, and the output
+    head: 'dense_sigmoid' (MNIST: BN -> ReLU after the last transposed conv, then a dense layer to the pixels)
+    or 'conv_tanh' (CelebA: the last transposed conv is the output).
 
-    Returns the image-shaped logits; tf.sigmoid of them is the decoded image (the Gaussian mean, or the
-    Bernoulli probabilities).
+    Returns the image-shaped pre-activation; decoded_image() of it is the decoded image (the Gaussian mean,
+    or for 'bernoulli' the pixel probabilities).
     """
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         start = encoder_output_shape(config)
         h = tf.nn.relu(batch_norm(dense(z, int(np.prod(start)), 'fc', config), 'bn_fc', training, config))
         h = tf.reshape(h, [-1, *start])
-        strides = config['encoder_strides'][::-1]
-        for i, (filters, stride) in enumerate(zip(config['decoder_filters'], strides)):
-            h = tf.nn.relu(batch_norm(deconv2d(h, filters, stride, f'deconv{i}', config), f'bn{i}', training, config))
+        shape = image_shape(config)
+        layers = list(zip(config['decoder_filters'], config['decoder_strides']))
+        for i, (filters, stride) in enumerate(layers):
+            h = deconv2d(h, filters, stride, f'deconv{i}', config)
+            if config['output_head'] == 'conv_tanh' and i == len(layers) - 1:
+                return h
+            h = tf.nn.relu(batch_norm(h, f'bn{i}', training, config))
         # The transposed convs overshoot (28 -> 32 for MNIST); a dense layer maps back to the image.
         h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
-        shape = image_shape(config)
         logits = dense(h, int(np.prod(shape)), 'output', config)
         return tf.reshape(logits, [-1, *shape])
+
+
+def decoded_image(logits, config):
+    """The decoder's output activation: sigmoid to [0, 1] or tanh to [-1, 1], the range of the data."""
+    return tf.tanh(logits) if config['output_head'] == 'conv_tanh' else tf.sigmoid(logits)
+
+
+def pixel_range(config):
+    """(low, high) of the model's images: MNIST is scaled to [0, 1], CelebA to [-1, 1]."""
+    return (-1.0, 1.0) if config['output_head'] == 'conv_tanh' else (0.0, 1.0)
 
 
 def image_shape(config):
@@ -156,7 +171,7 @@ def log_likelihood(images, logits, config):
     if config['likelihood'] == 'bernoulli':
         return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits), axes)
     log_variance = decoder_log_variance(config)
-    squared_error = tf.square(images - tf.sigmoid(logits))
+    squared_error = tf.square(images - decoded_image(logits, config))
     return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + log_variance + squared_error * tf.exp(-log_variance), axes)
 
 
@@ -206,7 +221,7 @@ def build_vae(images, config, training):
     z_mean, z_std = encoder(images, config, training)
     z = z_mean + z_std * tf.random.normal(tf.shape(z_mean)) if training else z_mean
     logits = decoder(z, config, training)
-    reconstruction = tf.sigmoid(logits)
+    reconstruction = decoded_image(logits, config)
     reconstruction_loss = tf.reduce_mean(tf.square(images - reconstruction))
     kl = tf.reduce_mean(kl_divergence(z_mean, z_std))
     if config['likelihood'] == 'gaussian':
@@ -239,7 +254,7 @@ def build_inference_graph(config):
         log_likelihood(images, decoder(z_sample, config, training=False), config)
     return {'images': images, 'reconstruction': vae['reconstruction'], 'z_mean': vae['z_mean'],
             'z_std': vae['z_std'], 'negative_elbo': negative_elbo,
-            'z': z, 'generation': tf.sigmoid(decoder(z, config, training=False))}
+            'z': z, 'generation': decoded_image(decoder(z, config, training=False), config)}
 
 
 def build_training_graph(config):
@@ -285,8 +300,8 @@ def build_training_graph(config):
 
 # The keys a checkpoint is tied to: another value would not restore, or would be evaluated wrongly.
 ARCHITECTURE_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
-                     'encoder_strides', 'decoder_filters', 'kernel_size', 'likelihood', 'decoder_variance',
-                     'binarize')
+                     'encoder_strides', 'decoder_filters', 'decoder_strides', 'output_head', 'kernel_size',
+                     'likelihood', 'decoder_variance', 'binarize')
 
 
 def check_run_config(config):
@@ -329,7 +344,7 @@ def save_grids(sess, graph, config, epoch, fixed_images, latents, writer):
     for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
                         ('gen_directory', generations)):
         path = os.path.join(utils.run_path(config, key), f'epoch_{epoch:04d}.png')
-        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}')
+        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}', value_range=pixel_range(config))
         writer.add_summary(png_summary(config[key], path), step)
     writer.flush()
 

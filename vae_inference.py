@@ -291,7 +291,7 @@ def main(argv):
 
     def write(name, images, rows, columns, title):
         path = os.path.join(run_directory, name)
-        utils.save_grid(path, images, rows, columns, title=title)
+        utils.save_grid(path, images, rows, columns, title=title, value_range=vae.pixel_range(config))
         print(f'wrote {path}')
 
     if options['curves']:

@@ -39,11 +39,12 @@ def training_flops_per_image(config):
     features = height * width * channels
     flops += 2 * 2 * features * config['z_dim']                  # z_mean and z_std heads
     flops += 2 * config['z_dim'] * features                      # decoder's first dense layer
-    for filters, stride in zip(config['decoder_filters'], config['encoder_strides'][::-1]):
+    for filters, stride in zip(config['decoder_filters'], config['decoder_strides']):
         flops += 2 * height * width * k2 * channels * filters   # each input pixel scatters a k x k x filters patch
         height, width, channels = height * stride, width * stride, filters
-    pixels = config['image_height'] * config['image_width'] * config['image_channels']
-    flops += 2 * height * width * channels * pixels              # output dense layer
+    if config['output_head'] == 'dense_sigmoid':
+        pixels = config['image_height'] * config['image_width'] * config['image_channels']
+        flops += 2 * height * width * channels * pixels          # output dense layer
     return 3 * flops
 
 
