@@ -54,8 +54,31 @@ config_mnist_bernoulli = dict(config_mnist, likelihood='bernoulli', binarize=Tru
 # A 2-D latent space for the paper's Figure 4 manifold picture (python vae.py --dataset MNIST_2d).
 config_mnist_2d = dict(config_mnist, z_dim=2, run_directory='MNIST-2d')
 
+# CelebA faces at 64x64 (the original's second experiment): python vae.py --dataset celebA
+config_celebA = dict(
+    config_mnist,
+    dataset='celebA',
+    data_directory='celebA/data/img_align_celeba',  # the folder of 000001.jpg ... 202599.jpg (178x218)
+    partition_file='',                # list_eval_partition.txt; '' = look for it in data_directory, else split
+                                      # by file number (train 1-162770, validation -182637, test -202599)
+    celebA_crop='closecrop',          # 'closecrop': central 140x140 box resized to 64x64; 'resizecrop':
+                                      # resized to 64x78, rows 7..70
+    celebA_cache=False,               # train from a uint8 array of all crops, built once (about 2 GB) and reused
+    celebA_cache_directory='celebA/cache',  # where the cache lives; its name encodes the crop and file list
+    num_test_images=1000,             # test images for the test ELBO at each save and for inference (0 = all)
+    image_height=64, image_width=64, image_channels=3,  # images scaled to [-1, 1]
+    z_dim=128, batch_size=128, num_epoch=100, learning_rate=0.0002, kl_weight=0.0001,
+    encoder_filters=[64, 128, 256, 512], encoder_strides=[2, 2, 2, 1],  # 64 -> 8x8x512
+    decoder_filters=[256, 128, 64, 3], decoder_strides=[2, 2, 2, 1],    # 8 -> 64x64x3
+    kernel_size=5,
+    output_head='conv_tanh',          # the last transposed conv is the image, through tanh
+    summary_every=20,
+    run_directory='celebA',
+)
+
 configs = {
     'MNIST': config_mnist,
     'MNIST_bernoulli': config_mnist_bernoulli,
     'MNIST_2d': config_mnist_2d,
+    'celebA': config_celebA,
 }

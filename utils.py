@@ -288,18 +288,153 @@ def load_mnist(folder, mirrors=MNIST_MIRRORS):
     }
 
 
-def load_dataset(config):
-    """The dataset named by config['dataset'] as a dict of arrays (see load_mnist)."""
-    loaders = {'MNIST': lambda: load_mnist(config['data_directory'])}
-    data = loaders[config['dataset']]()
-    shape = (config['image_height'], config['image_width'], config['image_channels'])
-    if data['train_images'].shape[1:] != shape:
-        raise UserError(f'{config["dataset"]} images are {data["train_images"].shape[1:]} but the config says '
-                        f'{shape}; fix image_height, image_width, image_channels')
-    if len(data['train_images']) < config['batch_size']:
-        raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train_images"])} '
+# ---------------------------------------------------------------- CelebA
+
+CELEBA_HEIGHT, CELEBA_WIDTH = 218, 178  # every img_align_celeba JPEG
+CLOSECROP_BOX = 140                     # 'closecrop': the central 140x140 box
+CELEBA_SPLITS = {'train': (1, 162770), 'validation': (162771, 182637), 'test': (182638, 202599)}
+PARTITION_CODES = {'train': '0', 'validation': '1', 'test': '2'}  # list_eval_partition.txt
+CELEBA_HELP = ('download img_align_celeba.zip (and list_eval_partition.txt) from the CelebA page '
+               'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, unzip it and point --data_directory at the '
+               'folder of the JPEGs')
+
+
+def resizecrop_height(width):
+    """'resizecrop' first resizes the 178x218 image to this height at the target width (78 for width 64)."""
+    return round(CELEBA_HEIGHT * width / CELEBA_WIDTH)
+
+
+def celeba_split(config, split):
+    """Sorted paths of the split's JPEGs: by list_eval_partition.txt when the folder (or partition_file) has
+    one, else by the official file-number ranges. Missing files are an error naming the first one."""
+    folder = config['data_directory']
+    if not os.path.isdir(folder):
+        raise UserError(f'CelebA folder {folder} does not exist; {CELEBA_HELP}')
+    present = {name for name in os.listdir(folder) if name.lower().endswith('.jpg')}
+    if not present:
+        raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
+    partition = config['partition_file'] or os.path.join(folder, 'list_eval_partition.txt')
+    if os.path.exists(partition):
+        with open(partition) as f:
+            rows = [line.split() for line in f if line.strip()]
+        if any(len(row) != 2 or row[1] not in PARTITION_CODES.values() for row in rows):
+            raise UserError(f'{partition} is not a CelebA partition file (lines "000001.jpg 0"); fix or remove it')
+        wanted = sorted(name for name, code in rows if code == PARTITION_CODES[split])
+        source = partition
+    else:
+        first, last = CELEBA_SPLITS[split]
+        wanted = [f'{number:06d}.jpg' for number in range(first, last + 1)]
+        source = f'the official {split} range {first:06d}.jpg-{last:06d}.jpg'
+    missing = [name for name in wanted if name not in present]
+    if missing or not wanted:
+        raise UserError(f'{folder} has {len(wanted) - len(missing)} of the {len(wanted)} {split} JPEGs of {source} '
+                        f'(first missing: {missing[0] if missing else "none listed"}); {CELEBA_HELP}, or give a '
+                        'list_eval_partition.txt that lists the files you have')
+    return [os.path.join(folder, name) for name in wanted]
+
+
+def check_celeba_file(path):
+    """None if path looks like an intact img_align_celeba JPEG, else what is wrong with it."""
+    try:
+        with Image.open(path) as image:
+            if image.format != 'JPEG':
+                return f'is a {image.format}, not a JPEG'
+            if image.size != (CELEBA_WIDTH, CELEBA_HEIGHT):
+                return f'is {image.size[0]}x{image.size[1]}, not {CELEBA_WIDTH}x{CELEBA_HEIGHT}'
+            if image.mode != 'RGB':
+                return f'is {image.mode} (not RGB colour)'
+        with open(path, 'rb') as f:
+            f.seek(-2, os.SEEK_END)
+            if f.read() != b'\xff\xd9':
+                return 'is truncated (no JPEG end marker)'
+    except (OSError, SyntaxError):
+        return 'cannot be read as an image'
+    return None
+
+
+def check_celeba_files(paths):
+    """Refuse the first bad file (unreadable, truncated, greyscale, wrong size) before any training step."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        for path, problem in zip(paths, pool.map(check_celeba_file, paths, chunksize=256)):
+            if problem:
+                raise UserError(f'{path} {problem}; replace it with the original img_align_celeba file, or list '
+                                'only good files in a list_eval_partition.txt')
+
+
+def crop_celeba_pil(path, config):
+    """The original's crop of one CelebA JPEG with PIL, as uint8 (the reference for the tf.data pipeline)."""
+    height, width = config['image_height'], config['image_width']
+    with Image.open(path) as image:
+        image = image.convert('RGB')
+        if config['celebA_crop'] == 'closecrop':
+            top, left = (CELEBA_HEIGHT - CLOSECROP_BOX) // 2, (CELEBA_WIDTH - CLOSECROP_BOX) // 2
+            image = image.crop((left, top, left + CLOSECROP_BOX, top + CLOSECROP_BOX))
+            return np.asarray(image.resize((width, height), Image.LANCZOS))
+        resized = image.resize((width, resizecrop_height(width)), Image.LANCZOS)
+        top = (resizecrop_height(width) - height) // 2
+        return np.asarray(resized)[top:top + height]
+
+
+def celeba_cache_path(config, split, paths):
+    """The cache file of a split: named by the crop, the size and a hash of the file list and sizes, so a
+    changed crop style or file list never reads a stale cache."""
+    digest = hashlib.sha1()
+    for path in paths:
+        digest.update(f'{os.path.basename(path)} {os.path.getsize(path)}\n'.encode())
+    name = (f'{split}_{config["celebA_crop"]}_{config["image_width"]}x{config["image_height"]}_'
+            f'{digest.hexdigest()[:16]}.npy')
+    return os.path.join(config['celebA_cache_directory'], name)
+
+
+def load_dataset(config, decode=None):
+    """The dataset named by config['dataset'], as a dict:
+    train: what the training input pipeline is fed (float images; CelebA: JPEG paths, or the uint8 cache),
+    test_images: float test images (CelebA: the first num_test_images of the test split),
+    grid_images: the 25 fixed images of the training grids (MNIST: test; CelebA: validation),
+    test_labels (MNIST only).
+    decode(paths) -> uint8 crops is the tf.data decoder, passed in by vae.py (CelebA only).
+    """
+    if config['dataset'] == 'MNIST':
+        mnist = load_mnist(config['data_directory'])
+        data = {'train': mnist['train_images'], 'test_images': mnist['test_images'],
+                'grid_images': mnist['test_images'][:25], 'test_labels': mnist['test_labels']}
+    else:
+        splits = {split: celeba_split(config, split) for split in ('train', 'validation', 'test')}
+        limit = config['num_test_images'] or None
+        check_celeba_files(splits['train'] + splits['validation'][:25] + splits['test'][:limit])
+        to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
+        data = {'train': np.array(splits['train']), 'test_images': to_float(decode(splits['test'][:limit])),
+                'grid_images': to_float(decode(splits['validation'][:25]))}
+        if config['celebA_cache']:
+            data['train'] = load_celeba_cache(config, splits['train'], decode)
+    if len(data['train']) < config['batch_size']:
+        raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train"])} '
                         'training images; lower --batch_size')
+    shape = (config['image_height'], config['image_width'], config['image_channels'])
+    if data['test_images'].shape[1:] != shape:
+        raise UserError(f'{config["dataset"]} images are {data["test_images"].shape[1:]} but the config says '
+                        f'{shape}; fix image_height, image_width, image_channels')
     return data
+
+
+def load_celeba_cache(config, paths, decode, chunk=2048):
+    """The uint8 crops of paths from the cache, built first (with a progress bar) when it does not exist."""
+    from tqdm import tqdm
+    path = celeba_cache_path(config, 'train', paths)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        shape = (len(paths), config['image_height'], config['image_width'], config['image_channels'])
+        crops = np.empty(shape, np.uint8)
+        with tqdm(total=len(paths), unit='image', desc=f'building {path}') as bar:
+            for start in range(0, len(paths), chunk):
+                crops[start:start + chunk] = decode(paths[start:start + chunk])
+                bar.update(len(paths[start:start + chunk]))
+        with open(path + '.part', 'wb') as f:
+            np.save(f, crops)
+        os.replace(path + '.part', path)
+        return crops
+    return np.load(path)
 
 
 # ---------------------------------------------------------------- images

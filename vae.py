@@ -257,20 +257,82 @@ def build_inference_graph(config):
             'z': z, 'generation': decoded_image(decoder(z, config, training=False), config)}
 
 
+def decode_celeba(contents, config):
+    """A CelebA JPEG (178x218) to a float image in [-1, 1] with the original's crops: 'closecrop' decodes only
+    the central 140x140 box and resizes it to 64x64; 'resizecrop' resizes the whole image to 64x78 and keeps
+    rows 7..70. Lanczos with antialiasing, like PIL's resize; the accurate DCT, whose output matches PIL's."""
+    height, width = config['image_height'], config['image_width']
+    if config['celebA_crop'] == 'closecrop':
+        top, left = (utils.CELEBA_HEIGHT - utils.CLOSECROP_BOX) // 2, (utils.CELEBA_WIDTH - utils.CLOSECROP_BOX) // 2
+        image = tf.image.decode_and_crop_jpeg(contents, [top, left, utils.CLOSECROP_BOX, utils.CLOSECROP_BOX],
+                                              channels=3, dct_method='INTEGER_ACCURATE')
+        image = tf.image.resize(tf.cast(image, tf.float32), [height, width], method='lanczos3', antialias=True)
+    else:
+        resized_height = utils.resizecrop_height(width)
+        image = tf.image.decode_jpeg(contents, channels=3, dct_method='INTEGER_ACCURATE')
+        image = tf.image.resize(tf.cast(image, tf.float32), [resized_height, width], method='lanczos3',
+                                antialias=True)
+        top = (resized_height - height) // 2
+        image = image[top:top + height]
+    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0  # lanczos overshoots: clip before scaling
+
+
+def decode_celeba_files(paths, config, batch_size=256):
+    """uint8 crops of CelebA JPEGs through the training decoder (for the grids, the test set and the cache)."""
+    with tf.Graph().as_default() as graph:
+        files = tf1.placeholder(tf.string, [None])
+        dataset = (tf.data.Dataset.from_tensor_slices(files)
+                   .map(lambda path: decode_celeba(tf.io.read_file(path), config), num_parallel_calls=tf.data.AUTOTUNE)
+                   .batch(batch_size).prefetch(2))
+        iterator = tf1.data.make_initializable_iterator(dataset)
+        crops = tf.cast(tf.round((iterator.get_next() + 1.0) * 127.5), tf.uint8)
+    graph.finalize()
+    batches = []
+    with tf1.Session(graph=graph, config=session_config(config)) as sess:
+        sess.run(iterator.initializer, {files: np.array(paths)})
+        for _ in range(-(-len(paths) // batch_size)):
+            batches.append(sess.run(crops))
+    return np.concatenate(batches) if batches else np.zeros((0, *image_shape(config)), np.uint8)
+
+
+def load_data(config):
+    """utils.load_dataset with this file's tf.data JPEG decoder for CelebA."""
+    return utils.load_dataset(config, decode=lambda paths: decode_celeba_files(paths, config))
+
+
+def input_pipeline(config):
+    """The training input: a placeholder fed once per epoch, shuffled with a seed, parsed, batched, prefetched.
+
+    What is fed depends on the data: float images (MNIST), JPEG paths decoded in parallel (CelebA), or the
+    uint8 crops of the CelebA cache. Returns (placeholders, iterator, batch of float images).
+    """
+    shape = image_shape(config)
+    if config['dataset'] != 'celebA':
+        train_data = tf1.placeholder(tf.float32, [None, *shape], name='train_data')
+        parse = None
+    elif config['celebA_cache']:
+        train_data = tf1.placeholder(tf.uint8, [None, *shape], name='train_data')
+        parse = lambda crop: tf.cast(crop, tf.float32) / 127.5 - 1.0
+    else:
+        train_data = tf1.placeholder(tf.string, [None], name='train_data')
+        parse = lambda path: decode_celeba(tf.io.read_file(path), config)
+    shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
+    skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
+    dataset = (tf.data.Dataset.from_tensor_slices(train_data)
+               .shuffle(tf.shape(train_data, out_type=tf.int64)[0], seed=shuffle_seed)
+               .skip(skip_batches * config['batch_size']))  # resume mid-epoch without decoding what is skipped
+    if parse:
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(config['batch_size'], drop_remainder=True).prefetch(2)
+    iterator = tf1.data.make_initializable_iterator(dataset)
+    images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
+    return {'train_data': train_data, 'shuffle_seed': shuffle_seed, 'skip_batches': skip_batches}, iterator, images
+
+
 def build_training_graph(config):
     """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
-    shape = image_shape(config)
-    train_images = tf1.placeholder(tf.float32, [None, *shape], name='train_images')
-    shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
-    skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
-    dataset = (tf.data.Dataset.from_tensor_slices(train_images)
-               .shuffle(tf.shape(train_images, out_type=tf.int64)[0], seed=shuffle_seed)
-               .batch(config['batch_size'], drop_remainder=True)
-               .skip(skip_batches)
-               .prefetch(2))
-    iterator = tf1.data.make_initializable_iterator(dataset)
-    images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
+    placeholders, iterator, images = input_pipeline(config)
     model_input = images
     if config['binarize']:  # dynamic binarisation: a fresh Bernoulli(intensity) draw of every pixel at every step
         model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
@@ -289,8 +351,8 @@ def build_training_graph(config):
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', vae['loss']),
                                    tf1.summary.scalar('reconstruction_loss', vae['reconstruction_loss']),
                                    tf1.summary.scalar('kl', vae['kl'])])
-    return {**vae, 'images': images, 'train_images': train_images, 'shuffle_seed': shuffle_seed,
-            'skip_batches': skip_batches, 'iterator': iterator, 'train_op': train_op, 'finite': finite, 'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
+    return {**vae, **placeholders, 'images': images, 'iterator': iterator, 'train_op': train_op, 'finite': finite,
+            'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
             'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
             'inference': build_inference_graph(config), 'init': tf1.global_variables_initializer(),
             'saver': tf1.train.Saver(max_to_keep=None)}
@@ -416,7 +478,7 @@ def stop_requests():
 
 
 def train(config, data):
-    """Train (or resume) the run in config['run_directory'] on data['train_images']; returns per-epoch mean losses.
+    """Train (or resume) the run in config['run_directory'] on data['train']; returns per-epoch mean losses.
 
     SIGINT / SIGTERM finish the current step, save interrupted_<step> and exit with status 128 + signal.
     A non-finite loss or gradient stops training before anything non-finite is saved.
@@ -436,9 +498,9 @@ def train(config, data):
         graph = build_training_graph(config)
         graph_container.finalize()  # a training loop that adds ops would leak memory every step: forbid it
 
-    steps_per_epoch = len(data['train_images']) // config['batch_size']
+    steps_per_epoch = len(data['train']) // config['batch_size']
     test_images = evaluation_images(config, data['test_images'])
-    fixed_images = test_images[:GRID_SIDE * GRID_SIDE]
+    fixed_images = evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE]
     latents = fixed_latents(config, GRID_SIDE * GRID_SIDE)
     checkpoint, step = latest_checkpoint(config)
     if checkpoint:
@@ -464,7 +526,7 @@ def train(config, data):
         fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl']]
         for epoch in range(start_epoch, config['num_epoch']):
             # The shuffle seed depends on the epoch, so a resumed run sees the same order as an unbroken one.
-            sess.run(graph['iterator'].initializer, {graph['train_images']: data['train_images'],
+            sess.run(graph['iterator'].initializer, {graph['train_data']: data['train'],
                                                      graph['shuffle_seed']: config['seed'] * 100003 + epoch,
                                                      graph['skip_batches']: position})
             totals = np.zeros(3)
@@ -524,7 +586,7 @@ def main(argv):
         config['run_directory'] = new_directory
     elif options['fresh']:
         print(f'--fresh: {config["run_directory"]} holds no checkpoints; training there')
-    data = utils.load_dataset(config)
+    data = load_data(config)
     train(config, data)
 
 

@@ -141,12 +141,14 @@ def evaluate(sess, outputs, config, images, k):
     kl = 0.5 * np.sum(np.square(z_means) + np.square(z_stds) - 2 * np.log(z_stds) - 1, axis=1)
     elbo, iwae = importance_weighted_bound(sess, outputs, images, k)
     dimensions = int(np.prod(images.shape[1:]))
+    low, high = vae.pixel_range(config)
+    peak = high - low  # PSNR's peak signal: 1 for MNIST in [0, 1], 2 for CelebA in [-1, 1]
     standard_error = lambda values: float(np.std(values) / np.sqrt(len(values)))
     return {
         'test_images': len(images),
         'decoder': decoder_description(config),
         'reconstruction_mse': float(mse.mean()),
-        'psnr_db': float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12)))),
+        'psnr_db': float(np.mean(10 * np.log10(peak ** 2 / np.maximum(mse, 1e-12)))),
         'kl_nats': float(kl.mean()),
         'negative_elbo_nats': float(-elbo.mean()),
         'negative_elbo_bits_per_dim': float(nats_to_bits_per_dim(-elbo.mean(), dimensions)),
@@ -164,7 +166,7 @@ def print_metrics(metrics):
         ('test images', f'{metrics["test_images"]}'),
         ('decoder', metrics['decoder']),
         ('reconstruction MSE (posterior mean)', f'{metrics["reconstruction_mse"]:.5f}'),
-        ('PSNR (mean over images)', f'{metrics["psnr_db"]:.2f} dB'),
+        ('PSNR (peak = pixel range, mean over images)', f'{metrics["psnr_db"]:.2f} dB'),
         ('KL(q(z|x) || p(z))', f'{metrics["kl_nats"]:.2f} nats'),
         (f'negative ELBO (k={metrics["iwae_k"]} samples)',
          f'{metrics["negative_elbo_nats"]:.2f} nats = {metrics["negative_elbo_bits_per_dim"]:.4f} bits/dim'),
@@ -228,8 +230,11 @@ def save_scatter(path, z_means, labels, title):
     import matplotlib.pyplot as plt
     points = z_means if z_means.shape[1] == 2 else principal_components(z_means)
     figure, axes = plt.subplots(figsize=(6, 5.5))
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap='tab10', s=3, vmin=-0.5, vmax=9.5)
-    figure.colorbar(scatter, ticks=range(10), label='digit')
+    if labels is None:  # CelebA has no class labels
+        axes.scatter(points[:, 0], points[:, 1], s=3)
+    else:
+        scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap='tab10', s=3, vmin=-0.5, vmax=9.5)
+        figure.colorbar(scatter, ticks=range(10), label='digit')
     axes.set_title(title)
     axes.set_xlabel('z1' if z_means.shape[1] == 2 else 'principal component 1')
     axes.set_ylabel('z2' if z_means.shape[1] == 2 else 'principal component 2')
@@ -299,16 +304,16 @@ def main(argv):
         if 'loss' not in curves:
             raise utils.UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
                                   'train first with python vae.py')
-        data = utils.load_dataset(config)
+        data = vae.load_data(config)
         path = os.path.join(run_directory, 'training_curves.png')
-        save_training_curves(path, curves, len(data['train_images']) // config['batch_size'])
+        save_training_curves(path, curves, len(data['train']) // config['batch_size'])
         print(f'wrote {path}')
         if pictures == ['curves']:
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     with sess:
-        data = utils.load_dataset(config)
+        data = vae.load_data(config)
         test_images = vae.evaluation_images(config, data['test_images'])
         if options['num_test']:
             test_images = test_images[:options['num_test']]
@@ -342,7 +347,8 @@ def main(argv):
         if options['scatter']:
             z_means = vae.run_in_batches(sess, outputs['z_mean'], outputs['images'], test_images)
             path = os.path.join(run_directory, 'latent_scatter.png')
-            save_scatter(path, z_means, data['test_labels'][:len(test_images)],
+            labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
+            save_scatter(path, z_means, labels,
                          f'test posterior means, epoch {epoch}')
             print(f'wrote {path}')
 

@@ -72,7 +72,7 @@ def time_epochs(config, data, mode, epochs):
     with tf.Graph().as_default() as graph:
         model = vae.build_training_graph(config)
     graph.finalize()
-    images = data['train_images']
+    images = data['train']  # what the input pipeline is fed
     batch_size = config['batch_size']
     steps = len(images) // batch_size
     fetches = [model['train_op'], model['loss'], model['reconstruction_loss'], model['kl']]
@@ -82,7 +82,7 @@ def time_epochs(config, data, mode, epochs):
         for epoch in range(epochs + 1):
             start = time.perf_counter()
             if mode == 'tf.data':
-                sess.run(model['iterator'].initializer, {model['train_images']: images,
+                sess.run(model['iterator'].initializer, {model['train_data']: images,
                                                          model['shuffle_seed']: epoch})
                 for _ in range(steps):
                     sess.run(fetches)
@@ -98,7 +98,7 @@ def time_epochs(config, data, mode, epochs):
 
 def run_case(config, mode, epochs):
     """One measurement in this process; prints one JSON line."""
-    rates = time_epochs(config, utils.load_dataset(config), mode, epochs)
+    rates = time_epochs(config, vae.load_data(config), mode, epochs)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({'rates': rates, 'peak_mib': peak_mib}))
 

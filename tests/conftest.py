@@ -30,7 +30,8 @@ def mnist():
 
 def subset(mnist, train, test=100):
     """The first `train` training and `test` test images, for runs of a few steps."""
-    return {'train_images': mnist['train_images'][:train], 'test_images': mnist['test_images'][:test]}
+    return {'train': mnist['train_images'][:train], 'test_images': mnist['test_images'][:test],
+            'grid_images': mnist['test_images'][:25]}
 
 
 def run_script(script, *args):

@@ -113,8 +113,8 @@ def test_a_non_finite_loss_stops_without_saving_it(tmp_path, mnist):
     config = tiny_config(tmp_path / 'run', '--num_epoch', '1')
     data = subset(mnist, 640)
     vae.train(config, data)  # a good checkpoint model_0
-    data['train_images'] = data['train_images'].copy()
-    data['train_images'][:] = float('nan')
+    data['train'] = data['train'].copy()
+    data['train'][:] = float('nan')
     config['num_epoch'] = 2
     with pytest.raises(utils.UserError, match=r'non-finite \(loss nan\) at step 10 of epoch 1; .* the last good '
                                               r'checkpoint is .*model_0'):

@@ -72,7 +72,7 @@ def test_restored_checkpoint_reproduces_reconstructions_bit_for_bit(tmp_path, mn
     graph.finalize()
     with tf1.Session(graph=graph) as sess:
         sess.run(model['init'])
-        sess.run(model['iterator'].initializer, {model['train_images']: data['train_images'], model['shuffle_seed']: 0})
+        sess.run(model['iterator'].initializer, {model['train_data']: data['train'], model['shuffle_seed']: 0})
         for _ in range(10):  # move the weights and the batch-norm moving averages away from their initial values
             sess.run(model['train_op'])
         inference = model['inference']

@@ -1,0 +1,199 @@
+"""CelebA: splits, the crops against PIL, the [-1, 1] range, the cache, bad JPEGs, and training + inference."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import utils
+import vae
+from conftest import ROOT, run_script
+
+# Reduced widths: the CelebA layer structure (5x5 kernels, strides 2,2,2,1, conv + tanh head) in a few seconds.
+SMALL = ['--encoder_filters', '8,8,8,8', '--decoder_filters', '8,8,8,3', '--z_dim', '8', '--batch_size', '8',
+         '--num_epoch', '2', '--save_every', '1', '--num_test_images', '10', '--summary_every', '2']
+
+
+def face_like_jpeg(path, rng, size=(178, 218), mode='RGB', quality=92):
+    """A 178x218 JPEG with gradients, shapes, hard edges and noise: content a crop mistake would show in."""
+    width, height = size
+    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
+    colour = rng.uniform(0, 1, 3)
+    pixels = np.stack([255 * (colour[c] * x + (1 - colour[c]) * y) for c in range(3)], axis=-1)
+    image = Image.fromarray(np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, width - 20), rng.integers(0, height - 20)
+        box = (x0, y0, x0 + rng.integers(10, 60), y0 + rng.integers(10, 60))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.uniform() < 0.5 else draw.rectangle)(box, fill=fill)
+    draw.rectangle((60, 80, 120, 90), fill=(255, 255, 255))
+    draw.rectangle((60, 120, 120, 130), fill=(0, 0, 0))
+    image.convert(mode).save(path, quality=quality)
+
+
+def make_celeba(folder, count=40, partition=(30, 5, 5)):
+    """count JPEGs 000001.jpg... and a list_eval_partition.txt with train / validation / test counts."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f'{i:06d}.jpg' for i in range(1, count + 1)]
+    for name in names:
+        face_like_jpeg(os.path.join(folder, name), rng)
+    if partition:
+        codes = ['0'] * partition[0] + ['1'] * partition[1] + ['2'] * partition[2]
+        with open(os.path.join(folder, 'list_eval_partition.txt'), 'w') as f:
+            f.writelines(f'{name} {code}\n' for name, code in zip(names, codes))
+    return names
+
+
+@pytest.fixture(scope='module')
+def celeba(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('celeba') / 'img_align_celeba'
+    make_celeba(folder)
+    return folder
+
+
+def celeba_config(folder, *extra):
+    config, _ = utils.parse_command_line(['--dataset', 'celebA', '--data_directory', str(folder), *SMALL, *extra])
+    return config
+
+
+def test_split_by_partition_file(celeba):
+    config = celeba_config(celeba)
+    splits = {split: utils.celeba_split(config, split) for split in ('train', 'validation', 'test')}
+    assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [30, 5, 5]
+    assert os.path.basename(splits['validation'][0]) == '000031.jpg'
+    assert os.path.basename(splits['test'][-1]) == '000040.jpg'
+
+
+def test_split_by_file_number(tmp_path, monkeypatch):
+    make_celeba(tmp_path, count=12, partition=None)
+    monkeypatch.setattr(utils, 'CELEBA_SPLITS', {'train': (1, 8), 'validation': (9, 10), 'test': (11, 12)})
+    config = celeba_config(tmp_path)
+    assert [os.path.basename(p) for p in utils.celeba_split(config, 'validation')] == ['000009.jpg', '000010.jpg']
+    assert len(utils.celeba_split(config, 'train')) == 8
+    os.remove(tmp_path / '000004.jpg')
+    with pytest.raises(utils.UserError, match='has 7 of the 8 train JPEGs .*first missing: 000004.jpg'):
+        utils.celeba_split(config, 'train')
+
+
+def test_the_real_split_ranges_need_the_real_folder(celeba):
+    config = celeba_config(celeba, '--partition_file', str(celeba / 'nonexistent.txt'))
+    with pytest.raises(utils.UserError, match=r'has 40 of the 162770 train JPEGs of the official train range '
+                                              r'000001.jpg-162770.jpg \(first missing: 000041.jpg\); download'):
+        utils.celeba_split(config, 'train')
+
+
+@pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
+def test_crops_match_pil_within_two_grey_levels(celeba, crop):
+    config = celeba_config(celeba, '--celebA_crop', crop)
+    paths = utils.celeba_split(config, 'train')[:10]
+    crops = vae.decode_celeba_files(paths, config)
+    reference = np.stack([utils.crop_celeba_pil(path, config) for path in paths])
+    assert crops.shape == reference.shape == (10, 64, 64, 3)
+    assert np.abs(crops.astype(float) - reference).mean() < 2
+    other = 'resizecrop' if crop == 'closecrop' else 'closecrop'
+    wrong = np.stack([utils.crop_celeba_pil(path, {**config, 'celebA_crop': other}) for path in paths])
+    assert np.abs(crops.astype(float) - wrong).mean() > 10  # the comparison can tell the crops apart
+
+
+def test_training_input_is_in_minus_one_to_one(celeba):
+    config = celeba_config(celeba)
+    data = vae.load_data(config)
+    with vae.tf.Graph().as_default():
+        placeholders, iterator, images = vae.input_pipeline(config)
+        with vae.tf1.Session() as sess:
+            sess.run(iterator.initializer, {placeholders['train_data']: data['train'],
+                                            placeholders['shuffle_seed']: 0})
+            batch = sess.run(images)
+    assert batch.shape == (8, 64, 64, 3)
+    assert -1 <= batch.min() < -0.9 and 0.9 < batch.max() <= 1
+    assert data['test_images'].shape == (5, 64, 64, 3) and data['grid_images'].shape == (5, 64, 64, 3)
+
+
+def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path):
+    folder = tmp_path / 'img_align_celeba'
+    make_celeba(folder)
+    cache = tmp_path / 'cache'
+    config = celeba_config(folder, '--celebA_cache', 'true', '--celebA_cache_directory', str(cache))
+    data = vae.load_data(config)
+    files = sorted(os.listdir(cache))
+    assert len(files) == 1 and files[0].startswith('train_closecrop_64x64_')
+    assert data['train'].dtype == np.uint8 and data['train'].shape == (30, 64, 64, 3)
+    expected = vae.decode_celeba_files(utils.celeba_split(config, 'train'), config)
+    assert np.array_equal(data['train'], expected)
+    built = os.path.getmtime(cache / files[0])
+    assert np.array_equal(vae.load_data(config)['train'], expected)
+    assert os.path.getmtime(cache / files[0]) == built  # reused, not rebuilt
+    vae.load_data({**config, 'celebA_crop': 'resizecrop'})
+    assert len(os.listdir(cache)) == 2
+    with open(folder / 'list_eval_partition.txt') as f:
+        lines = f.readlines()
+    with open(folder / 'list_eval_partition.txt', 'w') as f:
+        f.writelines(lines[1:])  # one training file fewer
+    assert len(vae.load_data(config)['train']) == 29
+    assert len(os.listdir(cache)) == 3
+
+
+def write_bad(folder, name, kind, rng):
+    path = os.path.join(folder, name)
+    if kind == 'unreadable':
+        with open(path, 'wb') as f:
+            f.write(b'this is not a jpeg' * 100)
+    elif kind == 'truncated':
+        face_like_jpeg(path, rng)
+        data = open(path, 'rb').read()
+        with open(path, 'wb') as f:
+            f.write(data[:len(data) // 2])
+    elif kind == 'greyscale':
+        face_like_jpeg(path, rng, mode='L')
+    elif kind == 'wrong size':
+        face_like_jpeg(path, rng, size=(200, 200))
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('unreadable', 'cannot be read as an image'),
+    ('truncated', 'is truncated (no JPEG end marker)'),
+    ('greyscale', 'is L (not RGB colour)'),
+    ('wrong size', 'is 200x200, not 178x218'),
+])
+def test_a_bad_jpeg_is_refused_by_name(tmp_path, kind, message):
+    folder = tmp_path / 'img_align_celeba'
+    make_celeba(folder)
+    write_bad(folder, '000017.jpg', kind, np.random.default_rng(1))
+    result = run_script('vae.py', '--dataset', 'celebA', '--data_directory', folder, *SMALL,
+                        '--run_directory', tmp_path / 'run')
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f'error: {folder}/000017.jpg {message}; replace it with the original '
+                                     'img_align_celeba file, or list only good files in a list_eval_partition.txt')
+    assert not os.path.exists(tmp_path / 'run' / 'models' / 'model_0.index')
+
+
+def test_an_empty_folder_says_how_to_get_celeba(tmp_path):
+    config = celeba_config(tmp_path)
+    with pytest.raises(utils.UserError, match=f'no JPEGs in {tmp_path}; download img_align_celeba.zip'):
+        vae.load_data(config)
+
+
+def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
+    run = tmp_path / 'run'
+    args = ['--dataset', 'celebA', '--data_directory', celeba, *SMALL, '--run_directory', run]
+    result = run_script('vae.py', *args)
+    assert result.returncode == 0, result.stderr
+    assert 'epoch   1' in result.stdout and 'test negative ELBO' in result.stdout
+    with Image.open(run / 'op-gen' / 'epoch_0001.png') as grid:
+        assert grid.size == (5 * 64 * 2, 5 * 64 * 2 + 16) and grid.mode == 'RGB'
+    with Image.open(run / 'op-real' / 'epoch_0000.png') as grid:
+        real = np.asarray(grid)[16:]
+    config = celeba_config(celeba)
+    first = utils.crop_celeba_pil(utils.celeba_split(config, 'validation')[0], config)
+    upscaled = np.asarray(Image.fromarray(first).resize((128, 128), Image.NEAREST))
+    assert np.abs(real[:128, :128].astype(float) - upscaled).mean() < 2  # [-1, 1] mapped back to [0, 255]
+    result = run_script('vae_inference.py', *args, '--evaluate', '--k', '5')
+    assert result.returncode == 0, result.stderr
+    result = run_script('vae_inference.py', *args)
+    assert result.returncode == 0, result.stderr
+    with Image.open(run / 'generations.png') as image:
+        assert image.size == (10 * 64 * 2, 10 * 64 * 2 + 16)
+    with Image.open(run / 'generations.gif') as gif:
+        assert gif.n_frames == 2
