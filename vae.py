@@ -309,7 +309,7 @@ def input_pipeline(config):
     shape = image_shape(config)
     if config['dataset'] != 'celebA':
         train_data = tf1.placeholder(tf.float32, [None, *shape], name='train_data')
-        parse = None
+        parse = tf.identity
     elif config['celebA_cache']:
         train_data = tf1.placeholder(tf.uint8, [None, *shape], name='train_data')
         parse = lambda crop: tf.cast(crop, tf.float32) / 127.5 - 1.0
@@ -318,21 +318,36 @@ def input_pipeline(config):
         parse = lambda path: decode_celeba(tf.io.read_file(path), config)
     shuffle_seed = tf1.placeholder(tf.int64, [], name='shuffle_seed')
     skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
-    dataset = (tf.data.Dataset.from_tensor_slices(train_data)
+    # Shuffle indices, not images: a 60,000-image shuffle buffer costs a copy of every image each epoch.
+    # Skipping happens on indices too, so resuming mid-epoch decodes nothing it skips.
+    indices = (tf.data.Dataset.range(tf.shape(train_data, out_type=tf.int64)[0])
                .shuffle(tf.shape(train_data, out_type=tf.int64)[0], seed=shuffle_seed)
-               .skip(skip_batches * config['batch_size']))  # resume mid-epoch without decoding what is skipped
-    if parse:
-        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(config['batch_size'], drop_remainder=True).prefetch(2)
+               .skip(skip_batches * config['batch_size']))
+    if config['dataset'] == 'celebA' and not config['celebA_cache']:  # decode JPEGs in parallel, one per call
+        dataset = (indices.map(lambda i: parse(train_data[i]), num_parallel_calls=os.cpu_count())
+                   .batch(config['batch_size'], drop_remainder=True))
+    else:  # arrays in memory: one gather per batch
+        dataset = (indices.batch(config['batch_size'], drop_remainder=True)
+                   .map(lambda batch: parse(tf.gather(train_data, batch))))
+    # tf.data's autotuner models the pipeline on a background thread; on a 2-core machine that thread slows
+    # the training step by up to a third (bench/throughput.py), and this pipeline has nothing left to tune.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = dataset.prefetch(2).with_options(options)
     iterator = tf1.data.make_initializable_iterator(dataset)
     images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
     return {'train_data': train_data, 'shuffle_seed': shuffle_seed, 'skip_batches': skip_batches}, iterator, images
 
 
-def build_training_graph(config):
-    """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph."""
+def build_training_graph(config, feed_input=False):
+    """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph.
+    feed_input=True replaces the tf.data input by a placeholder 'images' fed per step (for the benchmark)."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
-    placeholders, iterator, images = input_pipeline(config)
+    if feed_input:
+        placeholders, iterator = {}, None
+        images = tf1.placeholder(tf.float32, [config['batch_size'], *image_shape(config)], name='images')
+    else:
+        placeholders, iterator, images = input_pipeline(config)
     model_input = images
     if config['binarize']:  # dynamic binarisation: a fresh Bernoulli(intensity) draw of every pixel at every step
         model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)

@@ -1,19 +1,24 @@
 """Training throughput of vae.py's real training step, against a per-step feed_dict loop of the same graph.
 
-    python bench/throughput.py                          # MNIST, 5 epochs of 234 steps after 1 warm-up epoch
-    python bench/throughput.py --epochs 3 --num_threads 1   # config keys override as in vae.py
+    python bench/throughput.py                           # MNIST: 5 rounds of one timed epoch (234 steps) per case
+    python bench/throughput.py --repeats 3 --num_threads 1   # config keys override as in vae.py
+    python bench/throughput.py --dataset celebA          # CelebA: 5 rounds of 4 steps per case, and the input alone
 
-Each case runs in its own process (so its peak memory is its own) and times whole epochs exactly as
-vae.train runs them: the iterator initialised with the epoch's shuffle seed, then one session.run of the
-train op (plus the loss scalars the progress bar shows) per step. The 'feed_dict' case runs the same graph
-but feeds each batch, sliced in numpy, into the iterator's output tensor. A 2048^3 fp32 matmul, timed in
-the same run, gives the arithmetic ceiling.
+Each timed run is a process of its own (so its peak memory is its own); the cases alternate round by round,
+since this shared machine's speed drifts. It runs the training step exactly as
+vae.train does: the iterator initialised with the epoch's shuffle seed at each epoch, then one session.run of
+the train op (plus the loss scalars the progress bar shows) per step. The 'feed_dict' case runs the same graph
+with a placeholder in place of the tf.data input, fed each batch: sliced in numpy (MNIST), or decoded with PIL
+in the training thread as the original did (CelebA). A 2048^3 fp32 matmul, timed in the same run, gives the
+arithmetic ceiling. For CelebA it also times the input alone: the PIL loop, the tf.data JPEG pipeline and the
+cache. Without a CelebA folder it makes 1024 synthetic 178x218 JPEGs in the temp folder.
 """
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +29,8 @@ import vae  # noqa: E402
 
 tf = vae.tf
 tf1 = tf.compat.v1
-MNIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'data', 'mnist')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
 
 
 def training_flops_per_image(config):
@@ -65,68 +71,160 @@ def matmul_gflops(config, n=2048, repeats=20):
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def time_epochs(config, data, mode, epochs):
-    """Images/s of each timed epoch (the first, warm-up epoch excluded)."""
+def pil_batch(paths, config):
+    """The original's input: one batch of JPEGs opened, cropped and resized with PIL in the training thread."""
+    return np.stack([utils.crop_celeba_pil(path, config) for path in paths]).astype(np.float32) / 127.5 - 1.0
+
+
+def time_steps(config, data, mode, repeats, steps):
+    """Images/s of each of `repeats` timed runs of `steps` training steps, after up to 20 untimed steps."""
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config)
+        model = vae.build_training_graph(config, feed_input=mode == 'feed_dict')
     graph.finalize()
-    images = data['train']  # what the input pipeline is fed
+    train = data['train']  # what the input pipeline is fed
     batch_size = config['batch_size']
-    steps = len(images) // batch_size
+    per_epoch = len(train) // batch_size
     fetches = [model['train_op'], model['loss'], model['reconstruction_loss'], model['kl']]
+    state = {'position': per_epoch, 'epoch': 0, 'order': None}
+
+    def step():
+        if state['position'] == per_epoch:  # a new epoch, as vae.train starts one
+            state['epoch'], state['position'] = state['epoch'] + 1, 0
+            if mode == 'tf.data':
+                sess.run(model['iterator'].initializer, {model['train_data']: train,
+                                                         model['shuffle_seed']: state['epoch']})
+            state['order'] = np.random.RandomState(state['epoch']).permutation(len(train))
+        if mode == 'tf.data':
+            sess.run(fetches)
+        else:
+            position = state['position']
+            chosen = train[state['order'][position * batch_size:(position + 1) * batch_size]]
+            sess.run(fetches, {model['images']: pil_batch(chosen, config) if config['dataset'] == 'celebA'
+                               else chosen})
+        state['position'] += 1
+
     rates = []
     with tf1.Session(graph=graph, config=vae.session_config(config)) as sess:
         sess.run(model['init'])
-        for epoch in range(epochs + 1):
+        for _ in range(min(20, steps)):  # graph optimisation, thread pools and allocations settle
+            step()
+        for _ in range(repeats):
             start = time.perf_counter()
-            if mode == 'tf.data':
-                sess.run(model['iterator'].initializer, {model['train_data']: images,
-                                                         model['shuffle_seed']: epoch})
-                for _ in range(steps):
-                    sess.run(fetches)
-            else:
-                order = np.random.RandomState(epoch).permutation(len(images))
-                for i in range(steps):
-                    batch = images[order[i * batch_size:(i + 1) * batch_size]]
-                    sess.run(fetches, {model['images']: batch})
-            if epoch > 0:
-                rates.append(steps * batch_size / (time.perf_counter() - start))
+            for _ in range(steps):
+                step()
+            rates.append(steps * batch_size / (time.perf_counter() - start))
     return rates
 
 
-def run_case(config, mode, epochs):
+def time_input(config, data, mode, images=2048):
+    """Images/s of the CelebA input alone: the tf.data pipeline (from JPEGs or the cache) or the PIL loop."""
+    if mode == 'pil':
+        paths = data['train'][:images]
+        start = time.perf_counter()
+        for i in range(0, len(paths), config['batch_size']):
+            pil_batch(paths[i:i + config['batch_size']], config)
+        return len(paths) / (time.perf_counter() - start)
+    with tf.Graph().as_default() as graph:
+        placeholders, iterator, batch = vae.input_pipeline(config)
+    graph.finalize()
+    with tf1.Session(graph=graph, config=vae.session_config(config)) as sess:
+        train = np.concatenate([data['train']] * -(-images // len(data['train'])))[:images]
+        sess.run(iterator.initializer, {placeholders['train_data']: train, placeholders['shuffle_seed']: 0})
+        sess.run(batch)  # start-up (the shuffle buffer, the threads) is not the rate
+        start, count = time.perf_counter(), 0
+        while True:
+            try:
+                sess.run(batch)
+                count += config['batch_size']
+            except tf.errors.OutOfRangeError:
+                return count / (time.perf_counter() - start)
+
+
+def synthetic_celeba(folder, count=1024):
+    """Without a CelebA copy: face-sized test JPEGs (the tests' generator), made once."""
+    if not os.path.isdir(folder):
+        sys.path.insert(0, os.path.join(ROOT, 'tests'))
+        from test_celeba import make_celeba
+        make_celeba(folder, count, partition=(count - 64, 32, 32))
+    return folder
+
+
+def run_case(config, options):
     """One measurement in this process; prints one JSON line."""
-    rates = time_epochs(config, vae.load_data(config), mode, epochs)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({'rates': rates, 'peak_mib': peak_mib}))
+    mode = options['case']
+    if mode.startswith('input-'):
+        cached = mode == 'input-cache'
+        config = {**config, 'celebA_cache': cached}
+        result = {'rate': time_input(config, vae.load_data(config), 'pil' if mode == 'input-pil' else 'tf.data')}
+    else:
+        result = {'rates': time_steps(config, vae.load_data(config), mode, options['repeats'], options['steps'])}
+    result['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(argv, case):
+    output = subprocess.run([sys.executable, __file__, '--case', case, *argv], capture_output=True, text=True)
+    if output.returncode:
+        raise utils.UserError(f'benchmark case {case} failed: {output.stderr.strip().splitlines()[-1]}')
+    return json.loads(output.stdout.strip().splitlines()[-1])
 
 
 def main(argv):
-    config, options = utils.parse_command_line(['--data_directory', MNIST] + argv, {'epochs': 5, 'case': ''})
+    flags = {'repeats': 5, 'steps': 0, 'case': ''}
+    config, options = utils.parse_command_line(argv, flags)
+    celeba = config['dataset'] == 'celebA'
+    if config['dataset'] == 'MNIST' and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
+        argv = ['--data_directory', MNIST] + argv
+    if celeba and not os.path.isdir(config['data_directory']):
+        folder = synthetic_celeba(os.path.join(tempfile.gettempdir(), 'vae-bench-celeba', 'img_align_celeba'))
+        argv = ['--data_directory', folder, '--celebA_cache_directory', os.path.join(folder, '..', 'cache')] + argv
+    config, options = utils.parse_command_line(argv, flags)
+    if not options['steps']:
+        options['steps'] = 4 if celeba else len(vae.load_data(config)['train']) // config['batch_size']
+        argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
-        return run_case(config, options['case'], options['epochs'])
+        return run_case(config, options)
     ceiling = matmul_gflops(config)
     flops = training_flops_per_image(config)
-    print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:.1f} MFLOP per training image; '
+    print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:,.1f} MFLOP per training image; '
           f'2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling {ceiling * 1e9 / flops:,.0f} images/s; '
-          f'{options["epochs"]} timed epochs after 1 warm-up, {os.cpu_count()} cores')
-    results = {}
-    for mode in ('tf.data', 'feed_dict'):
-        output = subprocess.run([sys.executable, __file__, '--case', mode, *argv],
-                                capture_output=True, text=True, check=True).stdout
-        results[mode] = json.loads(output.strip().splitlines()[-1])
+          f'{options["repeats"]} rounds of one timed run of {options["steps"]} steps per case (after up to 20 '
+          f'untimed steps); {os.cpu_count()} cores')
+    if celeba:
+        print(f'data: {config["data_directory"]}')
+    # This machine's speed drifts (a shared host: the matmul above varies by up to 1.7x between runs), so the
+    # two cases alternate, one timed run each per round, rather than one case after the other.
+    results = {'tf.data': {'rates': [], 'peak_mib': 0}, 'feed_dict': {'rates': [], 'peak_mib': 0}}
+    for _ in range(options['repeats']):
+        for mode, result in results.items():
+            measured = measure(argv + ['--repeats', '1'], mode)
+            result['rates'] += measured['rates']
+            result['peak_mib'] = max(result['peak_mib'], measured['peak_mib'])
     baseline = np.median(results['feed_dict']['rates'])
-    print(f'| {"input":<30} | {"images/s median":>15} | {"min - max":>13} | {"% of ceiling":>12} | '
+    print(f'| {"training step":<40} | {"images/s median":>15} | {"min - max":>15} | {"% of ceiling":>12} | '
           f'{"peak MiB":>8} | {"vs feed_dict":>12} |')
-    print(f'| {"-" * 30} | {"-" * 15}:| {"-" * 13}:| {"-" * 12}:| {"-" * 8}:| {"-" * 12}:|')
-    for mode, label in (('tf.data', 'vae.py step (tf.data)'), ('feed_dict', 'same graph, per-step feed_dict')):
+    print(f'| {"-" * 40} | {"-" * 15}:| {"-" * 15}:| {"-" * 12}:| {"-" * 8}:| {"-" * 12}:|')
+    feed_label = 'per-step PIL batch + feed_dict' if celeba else 'same graph, per-step feed_dict'
+    for mode, label in (('tf.data', 'vae.py step (tf.data input)'), ('feed_dict', feed_label)):
         rates = results[mode]['rates']
         median = np.median(rates)
-        print(f'| {label:<30} | {median:>15,.0f} | {min(rates):>6,.0f}-{max(rates):<6,.0f} | '
+        print(f'| {label:<40} | {median:>15,.1f} | {min(rates):>7,.1f}-{max(rates):<7,.1f} | '
               f'{100 * median * flops / (ceiling * 1e9):>11.1f}% | {results[mode]["peak_mib"]:>8,.0f} | '
               f'{median / baseline:>11.2f}x |')
+    if celeba:
+        inputs = {mode: measure(argv, mode) for mode in ('input-pil', 'input-tf.data', 'input-cache')}
+        step = np.median(results['tf.data']['rates'])
+        heading = f'input alone ({config["celebA_crop"]})'
+        print(f'\n| {heading:<40} | {"images/s":>10} | {"vs PIL loop":>11} | {"vs training step":>16} |')
+        print(f'| {"-" * 40} | {"-" * 10}:| {"-" * 11}:| {"-" * 16}:|')
+        labels = {'input-pil': "original's per-batch PIL loop (1 thread)",
+                  'input-tf.data': 'tf.data decode_and_crop, parallel map', 'input-cache': 'tf.data from the uint8 cache'}
+        for mode, label in labels.items():
+            rate = inputs[mode]['rate']
+            print(f'| {label:<40} | {rate:>10,.0f} | {rate / inputs["input-pil"]["rate"]:>10.2f}x | '
+                  f'{rate / step:>15.0f}x |')
 
 
 if __name__ == '__main__':
