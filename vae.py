@@ -571,10 +571,12 @@ def train(config, data):
                               f'run the same command to resume from there')
                         raise SystemExit(128 + stop_signal[0])
             seconds = time.perf_counter() - start
-            mean = totals / (steps_per_epoch - position)
-            epoch_losses.append(mean[0])
-            print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-                  f'{(steps_per_epoch - position) * config["batch_size"] / seconds:.0f} images/s')
+            steps_run = steps_per_epoch - position  # 0 when an interrupt came after the epoch's last step
+            if steps_run:
+                mean = totals / steps_run
+                epoch_losses.append(mean[0])
+                print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
+                      f'{steps_run * config["batch_size"] / seconds:.0f} images/s')
             position = 0
             sess.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
             if epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1:
