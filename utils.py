@@ -163,8 +163,7 @@ def run_path(config, key):
 
 
 def has_checkpoints(run_directory, config):
-    model_directory = os.path.join(run_directory, config['model_directory'])
-    return bool(list_checkpoints(model_directory) or list_checkpoints(model_directory, 'interrupted'))
+    return bool(all_checkpoints(os.path.join(run_directory, config['model_directory'])))
 
 
 def new_run_directory(run_directory, config):
@@ -185,6 +184,12 @@ def list_checkpoints(model_directory, kind='model'):
         if match:
             checkpoints[int(match.group(1))] = index[:-len('.index')]
     return dict(sorted(checkpoints.items()))
+
+
+def all_checkpoints(model_directory):
+    """Prefixes of every complete checkpoint in a folder, model_<epoch> and interrupted_<step> alike."""
+    return list(list_checkpoints(model_directory).values()) + \
+        list(list_checkpoints(model_directory, 'interrupted').values())
 
 
 # ---------------------------------------------------------------- MNIST

@@ -426,10 +426,13 @@ def save_grids(sess, graph, config, epoch, fixed_images, latents, writer):
     writer.flush()
 
 
-def run_in_batches(sess, tensor, placeholder, inputs, batch_size=500):
-    """sess.run(tensor) over inputs fed in batches, concatenated along the first axis."""
-    return np.concatenate([sess.run(tensor, {placeholder: inputs[i:i + batch_size]})
-                           for i in range(0, len(inputs), batch_size)])
+def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
+    """sess.run(tensors) over inputs fed in batches, each output concatenated along the first axis
+    (tensors: one tensor, or a list of them for a list of arrays)."""
+    batches = [sess.run(tensors, {placeholder: inputs[i:i + batch_size]}) for i in range(0, len(inputs), batch_size)]
+    if isinstance(tensors, list):
+        return [np.concatenate(outputs) for outputs in zip(*batches)]
+    return np.concatenate(batches)
 
 
 def save_interrupted(sess, graph, config, step):
@@ -453,9 +456,7 @@ def latest_checkpoint(config):
     for partial in glob.glob(os.path.join(model_directory, '*.tempstate*')):
         os.remove(partial)  # the remains of a save that was killed; its .index was never written
     best = (None, 0)
-    prefixes = list(utils.list_checkpoints(model_directory).values()) + \
-        list(utils.list_checkpoints(model_directory, 'interrupted').values())
-    for prefix in prefixes:
+    for prefix in utils.all_checkpoints(model_directory):
         try:
             step = int(tf.train.load_variable(prefix, 'global_step'))
         except (tf.errors.OpError, ValueError) as error:

@@ -109,6 +109,11 @@ def importance_weighted_bound(sess, outputs, images, k):
     return np.concatenate(elbo), np.concatenate(iwae)
 
 
+def kl_terms(z_mean, z_std):
+    """KL(N(z_mean, z_std^2) || N(0, 1)) of each latent dimension of each image (vae.kl_divergence, in numpy)."""
+    return 0.5 * (np.square(z_mean) + np.square(z_std) - 2 * np.log(z_std) - 1)
+
+
 def active_units(z_means, threshold=ACTIVE_UNIT_VARIANCE):
     """Latent dimensions whose posterior mean varies over the data by more than threshold (Burda et al.)."""
     return int(np.sum(np.var(z_means, axis=0) > threshold))
@@ -130,15 +135,10 @@ def decoder_description(config):
 
 def evaluate(sess, outputs, config, images, k):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension)."""
-    z_means, z_stds = [], []
-    for start in range(0, len(images), 500):
-        z_mean, z_std = sess.run([outputs['z_mean'], outputs['z_std']], {outputs['images']: images[start:start + 500]})
-        z_means.append(z_mean)
-        z_stds.append(z_std)
-    z_means, z_stds = np.concatenate(z_means), np.concatenate(z_stds)
-    reconstructions = vae.run_in_batches(sess, outputs['reconstruction'], outputs['images'], images)
+    z_means, z_stds, reconstructions = vae.run_in_batches(
+        sess, [outputs['z_mean'], outputs['z_std'], outputs['reconstruction']], outputs['images'], images)
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
-    kl = 0.5 * np.sum(np.square(z_means) + np.square(z_stds) - 2 * np.log(z_stds) - 1, axis=1)
+    kl = kl_terms(z_means, z_stds).sum(axis=1)
     elbo, iwae = importance_weighted_bound(sess, outputs, images, k)
     dimensions = int(np.prod(images.shape[1:]))
     low, high = vae.pixel_range(config)
@@ -196,7 +196,7 @@ def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
 
 def kl_per_dimension(sess, outputs, images):
     z_mean, z_std = sess.run([outputs['z_mean'], outputs['z_std']], {outputs['images']: images})
-    return np.mean(0.5 * (np.square(z_mean) + np.square(z_std) - 2 * np.log(z_std) - 1), axis=0)
+    return kl_terms(z_mean, z_std).mean(axis=0)
 
 
 def traversal_grid(sess, outputs, images, dimensions):

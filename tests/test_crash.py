@@ -26,10 +26,8 @@ def start_training(run):
 
 def complete_checkpoint_steps(run):
     """Global steps of the checkpoints on disk that have an .index (complete by construction) and read back."""
-    model_directory = os.path.join(run, 'models')
-    prefixes = list(utils.list_checkpoints(model_directory).values()) + \
-        list(utils.list_checkpoints(model_directory, 'interrupted').values())
-    return [int(tf.train.load_variable(prefix, 'global_step')) for prefix in prefixes]
+    return [int(tf.train.load_variable(prefix, 'global_step'))
+            for prefix in utils.all_checkpoints(os.path.join(run, 'models'))]
 
 
 def resumed_step(output):
