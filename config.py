@@ -39,6 +39,20 @@ config_mnist = {
     'seed': 0,                        # seeds the weights, the shuffling, the sampling noise and the fixed grids
     'deterministic': True,            # TensorFlow op determinism: same seed, same machine -> same losses
     'num_threads': 0,                 # intra-op threads (0 = one per core)
+    'num_train_images': 0,            # train on the first this many training images only (0 = all): quick trials
+    # Several devices and machines (README, "Several devices, several machines"). Defaults: one process, one device.
+    'num_clones': 1,                  # towers: each step's batch is split over this many devices, the gradients
+                                      # averaged into one update (batch_size must divide by it)
+    'clone_on_cpu': False,            # put the towers on CPU devices (one per tower) instead of the GPUs
+    'worker_replicas': 1,             # worker processes training one model (> 1 needs num_ps_tasks >= 1)
+    'num_ps_tasks': 0,                # parameter-server processes holding the variables (0 = in this process)
+    'job_name': 'worker',             # this process's job: 'worker' (trains) or 'ps' (serves variables)
+    'task': 0,                        # this process's index in its job; worker 0 is the chief (saves everything)
+    'ps_hosts': [],                   # host:port of each parameter server, e.g. 10.0.0.1:2222
+    'worker_hosts': [],               # host:port of each worker. TF_CONFIG, when set, gives the cluster and
+                                      # overrides worker_replicas, num_ps_tasks, job_name, task and the hosts
+    'sync_replicas': True,            # synchronous updates: one step averages a gradient from every worker
+                                      # (SyncReplicasOptimizer); False: each worker applies its own (asynchronous)
     'run_directory': 'MNIST',         # the run folder; the folders below live inside it
     'model_directory': 'models',      # checkpoints model_<epoch>
     'log_directory': 'logs',          # TensorBoard event files

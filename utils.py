@@ -4,6 +4,7 @@ import copy
 import glob
 import gzip
 import hashlib
+import json
 import os
 import re
 import sys
@@ -153,6 +154,53 @@ def check_config(config):
                         f'image_channels={config["image_channels"]}, got {config["decoder_filters"][-1]}')
     if config['likelihood'] == 'bernoulli' and config['output_head'] != 'dense_sigmoid':
         raise UserError('likelihood bernoulli needs output_head dense_sigmoid (pixel probabilities in [0, 1])')
+    if config['num_train_images'] < 0:
+        raise UserError(f'num_train_images must be >= 0 (0 = all), got {config["num_train_images"]}')
+    if config['num_clones'] < 1 or config['batch_size'] % config['num_clones']:
+        raise UserError(f'num_clones must be >= 1 and divide batch_size {config["batch_size"]}, got '
+                        f'{config["num_clones"]}; fix --num_clones or --batch_size')
+
+
+# ---------------------------------------------------------------- cluster
+
+def cluster_from_config(config):
+    """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process.
+
+    TF_CONFIG (the standard {"cluster": {...}, "task": {"type": ..., "index": ...}} variable), when set, gives the
+    cluster and this process's job and task, and overrides those config keys; otherwise ps_hosts and worker_hosts
+    do, and must list num_ps_tasks and worker_replicas addresses.
+    """
+    if os.environ.get('TF_CONFIG'):
+        try:
+            tf_config = json.loads(os.environ['TF_CONFIG'])
+            cluster = {job: list(tf_config['cluster'].get(job, [])) for job in ('ps', 'worker')}
+            config['job_name'], config['task'] = tf_config['task']['type'], int(tf_config['task']['index'])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UserError(f'TF_CONFIG is not a cluster ({type(error).__name__}: {error}); set it like '
+                            '{"cluster": {"ps": ["host:port"], "worker": ["host:port", ...]}, '
+                            '"task": {"type": "worker", "index": 0}}')
+        config['ps_hosts'], config['worker_hosts'] = cluster['ps'], cluster['worker']
+        config['num_ps_tasks'], config['worker_replicas'] = len(cluster['ps']), len(cluster['worker'])
+    if config['worker_replicas'] < 1 or config['num_ps_tasks'] < 0:
+        raise UserError(f'worker_replicas must be >= 1 and num_ps_tasks >= 0, got {config["worker_replicas"]} and '
+                        f'{config["num_ps_tasks"]}')
+    if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
+        return None
+    if config['num_ps_tasks'] == 0:
+        raise UserError(f'worker_replicas={config["worker_replicas"]} share their variables through parameter '
+                        'servers; pass --num_ps_tasks 1 (or more) and their --ps_hosts')
+    for job, hosts, count in (('ps', 'ps_hosts', 'num_ps_tasks'), ('worker', 'worker_hosts', 'worker_replicas')):
+        if len(config[hosts]) != config[count]:
+            raise UserError(f'{count}={config[count]} but {hosts} lists {len(config[hosts])} addresses '
+                            f'({",".join(config[hosts]) or "none"}); pass --{hosts} host:port,... with one per '
+                            f'{job} task, or set TF_CONFIG')
+    if config['job_name'] not in ('ps', 'worker'):
+        raise UserError(f'job_name must be ps or worker, got {config["job_name"]!r}; fix --job_name or TF_CONFIG')
+    size = len(config[config['job_name'] + '_hosts'])
+    if not 0 <= config['task'] < size:
+        raise UserError(f'task {config["task"]} is not in the {size} {config["job_name"]} tasks of the cluster; '
+                        f'pass --task 0..{size - 1}')
+    return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
 
 
 # ---------------------------------------------------------------- run folders
@@ -406,6 +454,7 @@ def load_dataset(config, decode=None):
                 'grid_images': mnist['test_images'][:25], 'test_labels': mnist['test_labels']}
     else:
         splits = {split: celeba_split(config, split) for split in ('train', 'validation', 'test')}
+        splits['train'] = splits['train'][:config['num_train_images'] or None]  # before checking and caching
         limit = config['num_test_images'] or None
         check_celeba_files(splits['train'] + splits['validation'][:25] + splits['test'][:limit])
         to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
@@ -413,6 +462,8 @@ def load_dataset(config, decode=None):
                 'grid_images': to_float(decode(splits['validation'][:25]))}
         if config['celebA_cache']:
             data['train'] = load_celeba_cache(config, splits['train'], decode)
+    if config['num_train_images']:
+        data['train'] = data['train'][:config['num_train_images']]
     if len(data['train']) < config['batch_size']:
         raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train"])} '
                         'training images; lower --batch_size')

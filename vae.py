@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -28,6 +29,8 @@ tf1 = tf.compat.v1
 tf1.disable_eager_execution()
 
 MIN_STD = 1e-6  # floor under the softplus so log(z_std) in the KL stays finite
+# Graph collections, in step: each training batch norm's moving averages and the batch moments they follow.
+MOVING_AVERAGES, BATCH_MOMENTS = 'moving_averages', 'batch_moments'
 GRID_SIDE = 5   # the training grids are GRID_SIDE x GRID_SIDE images
 
 
@@ -66,7 +69,8 @@ def deconv2d(x, filters, stride, name, config):
 def batch_norm(x, name, training, config):
     """Batch norm over all axes but the last: batch statistics while training, moving averages otherwise.
 
-    Training adds the moving-average updates to tf1.GraphKeys.UPDATE_OPS; the train op runs them.
+    Training adds the moving averages and the batch moments to the MOVING_AVERAGES and BATCH_MOMENTS
+    collections; the training graph turns them into one update per moving average (moving_average_updates).
     """
     with tf1.variable_scope(name):
         channels = x.shape[-1]
@@ -81,10 +85,9 @@ def batch_norm(x, name, training, config):
         if training:
             y, mean, variance = tf1.nn.fused_batch_norm(x4, scale, offset, epsilon=config['bn_epsilon'],
                                                         is_training=True)
-            decay = 1.0 - config['bn_momentum']
-            tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(moving_mean, (moving_mean - mean) * decay))
-            tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
-                                  tf1.assign_sub(moving_variance, (moving_variance - variance) * decay))
+            for moving_average, moment in ((moving_mean, mean), (moving_variance, variance)):
+                tf1.add_to_collection(MOVING_AVERAGES, moving_average)
+                tf1.add_to_collection(BATCH_MOMENTS, moment)
         else:
             y, _, _ = tf1.nn.fused_batch_norm(x4, scale, offset, mean=moving_mean, variance=moving_variance,
                                               epsilon=config['bn_epsilon'], is_training=False)
@@ -239,7 +242,10 @@ def fixed_latents(config, count):
 
 def session_config(config):
     threads = config['num_threads']
-    return tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    # clone_on_cpu towers each need a CPU device of their own: /cpu:0 ... /cpu:<num_clones - 1>.
+    cpus = config['num_clones'] if config['clone_on_cpu'] else 1
+    return tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads,
+                           device_count={'CPU': cpus}, allow_soft_placement=True)
 
 
 def build_inference_graph(config):
@@ -300,8 +306,9 @@ def load_data(config):
     return utils.load_dataset(config, decode=lambda paths: decode_celeba_files(paths, config))
 
 
-def input_pipeline(config):
+def input_pipeline(config, shard=None):
     """The training input: a placeholder fed once per epoch, shuffled with a seed, parsed, batched, prefetched.
+    shard=(count, index): a cluster worker's endless input instead, every epoch a new order of its 1/count share.
 
     What is fed depends on the data: float images (MNIST), JPEG paths decoded in parallel (CelebA), or the
     uint8 crops of the CelebA cache. Returns (placeholders, iterator, batch of float images).
@@ -320,9 +327,11 @@ def input_pipeline(config):
     skip_batches = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], name='skip_batches')
     # Shuffle indices, not images: a 60,000-image shuffle buffer costs a copy of every image each epoch.
     # Skipping happens on indices too, so resuming mid-epoch decodes nothing it skips.
-    indices = (tf.data.Dataset.range(tf.shape(train_data, out_type=tf.int64)[0])
-               .shuffle(tf.shape(train_data, out_type=tf.int64)[0], seed=shuffle_seed)
-               .skip(skip_batches * config['batch_size']))
+    indices = tf.data.Dataset.range(tf.shape(train_data, out_type=tf.int64)[0])
+    if shard:
+        indices = indices.shard(*shard)
+    indices = indices.shuffle(tf.shape(train_data, out_type=tf.int64)[0], seed=shuffle_seed)
+    indices = indices.repeat() if shard else indices.skip(skip_batches * config['batch_size'])
     if config['dataset'] == 'celebA' and not config['celebA_cache']:  # decode JPEGs in parallel, one per call
         dataset = (indices.map(lambda i: parse(train_data[i]), num_parallel_calls=os.cpu_count())
                    .batch(config['batch_size'], drop_remainder=True))
@@ -339,38 +348,104 @@ def input_pipeline(config):
     return {'train_data': train_data, 'shuffle_seed': shuffle_seed, 'skip_batches': skip_batches}, iterator, images
 
 
-def build_training_graph(config, feed_input=False):
-    """tf.data input, the training VAE, Adam, counters, summaries and the inference outputs in one graph.
-    feed_input=True replaces the tf.data input by a placeholder 'images' fed per step (for the benchmark)."""
+VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp')
+
+
+def tower_devices(config):
+    """The device of each tower: the GPUs in order, or CPU devices with clone_on_cpu ('' = TensorFlow's choice)."""
+    count = config['num_clones']
+    if config['clone_on_cpu']:
+        return [f'/cpu:{i}' for i in range(count)]
+    if count == 1:
+        return ['']
+    gpus = len(tf.config.list_physical_devices('GPU'))
+    if count > gpus:
+        raise utils.UserError(f'num_clones={count} towers need {count} GPUs but {gpus} are visible; pass '
+                              f'--clone_on_cpu true to put them on CPU devices, or --num_clones {max(gpus, 1)}')
+    return [f'/gpu:{i}' for i in range(count)]
+
+
+def on_device(device):
+    """A device function: ops on `device`, variables left to the enclosing placement (the parameter servers,
+    or TensorFlow's default device), so every tower shares one copy of each variable."""
+    return lambda op: '' if op.type in VARIABLE_OPS else device
+
+
+def merge_towers(towers):
+    """One dict of the towers' outputs: scalars averaged (each tower's loss is a mean over an equal share of the
+    batch, so this is the mean over the whole batch), per-image tensors concatenated in batch order."""
+    if len(towers) == 1:
+        return towers[0]
+    return {key: tf.add_n([tower[key] for tower in towers]) / len(towers) if towers[0][key].shape.ndims == 0
+            else tf.concat([tower[key] for tower in towers], 0) for key in towers[0]}
+
+
+def average_gradients(tower_gradients):
+    """[(gradient, variable)] averaged over towers: the gradient of the whole-batch mean loss."""
+    if len(tower_gradients) == 1:
+        return tower_gradients[0]
+    return [(tf.add_n([gradients[i][0] for gradients in tower_gradients]) / len(tower_gradients), variable)
+            for i, (_, variable) in enumerate(tower_gradients[0])]
+
+
+def moving_average_updates(config):
+    """One update per batch-norm moving average, towards the mean over towers of their batch moments (with
+    one tower, the usual exponential moving average of the batch moments)."""
+    moments = {}
+    for variable, value in zip(tf1.get_collection(MOVING_AVERAGES), tf1.get_collection(BATCH_MOMENTS)):
+        moments.setdefault(variable.name, (variable, []))[1].append(value)
+    decay = 1.0 - config['bn_momentum']
+    return [tf1.assign_sub(variable, (variable - tf.add_n(values) / len(values)) * decay)
+            for variable, values in moments.values()]
+
+
+def build_training_graph(config, feed_input=False, cluster=None):
+    """tf.data input, the training VAE on num_clones towers, Adam, counters, summaries and the inference outputs
+    in one graph. feed_input=True replaces the tf.data input by a placeholder 'images' fed per step (for the
+    benchmark). With a cluster ({'ps': [...], 'worker': [...]}), this worker reads its own shard of the data,
+    and with sync_replicas the optimizer waits for a gradient from every worker before each update."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
     if feed_input:
         placeholders, iterator = {}, None
         images = tf1.placeholder(tf.float32, [config['batch_size'], *image_shape(config)], name='images')
     else:
-        placeholders, iterator, images = input_pipeline(config)
+        shard = (len(cluster['worker']), config['task']) if cluster else None
+        placeholders, iterator, images = input_pipeline(config, shard)
     model_input = images
     if config['binarize']:  # dynamic binarisation: a fresh Bernoulli(intensity) draw of every pixel at every step
         model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
 
-    vae = build_vae(model_input, config, training=True)
     global_step = tf1.train.get_or_create_global_step()
     epoch = tf1.get_variable('epoch', [], tf.int64, tf1.zeros_initializer(), trainable=False)
     next_epoch = tf1.placeholder(tf.int64, [], name='next_epoch')
     optimizer = tf1.train.AdamOptimizer(config['learning_rate'])
-    gradients = optimizer.compute_gradients(vae['loss'])
+    if cluster and config['sync_replicas']:
+        optimizer = tf1.train.SyncReplicasOptimizer(optimizer, replicas_to_aggregate=len(cluster['worker']),
+                                                    total_num_replicas=len(cluster['worker']))
+    # In-graph replication: each tower runs the model on its share of the batch, on its own device.
+    towers, tower_gradients = [], []
+    devices = tower_devices(config)
+    for i, (device, tower_input) in enumerate(zip(devices, tf.split(model_input, len(devices)))):
+        with tf1.device(on_device(device)), tf1.name_scope(f'tower{i}'):
+            towers.append(build_vae(tower_input, config, training=True))
+            tower_gradients.append(optimizer.compute_gradients(towers[-1]['loss']))
+    vae = merge_towers(towers)
+    gradients = average_gradients(tower_gradients)
     finite = tf.logical_and(tf.math.is_finite(vae['loss']),
                             tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
-    with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+    with tf.control_dependencies(moving_average_updates(config)):
         train_op = optimizer.apply_gradients(gradients, global_step=global_step)
+    with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
+        step_after_update = tf.identity(global_step.read_value())
 
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', vae['loss']),
                                    tf1.summary.scalar('reconstruction_loss', vae['reconstruction_loss']),
                                    tf1.summary.scalar('kl', vae['kl'])])
     return {**vae, **placeholders, 'images': images, 'iterator': iterator, 'train_op': train_op, 'finite': finite,
-            'global_step': global_step, 'epoch': epoch, 'next_epoch': next_epoch,
-            'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
-            'inference': build_inference_graph(config), 'init': tf1.global_variables_initializer(),
-            'saver': tf1.train.Saver(max_to_keep=None)}
+            'global_step': global_step, 'step_after_update': step_after_update, 'epoch': epoch,
+            'next_epoch': next_epoch, 'set_epoch': tf1.assign(epoch, next_epoch), 'summaries': summaries,
+            'optimizer': optimizer, 'inference': build_inference_graph(config),
+            'init': tf1.global_variables_initializer(), 'saver': tf1.train.Saver(max_to_keep=None)}
 
 
 # ---------------------------------------------------------------- run folder
@@ -433,6 +508,29 @@ def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
     if isinstance(tensors, list):
         return [np.concatenate(outputs) for outputs in zip(*batches)]
     return np.concatenate(batches)
+
+
+def make_run_folders(config):
+    for key in ('model_directory', 'log_directory'):
+        try:
+            os.makedirs(utils.run_path(config, key), exist_ok=True)
+        except OSError as error:
+            raise utils.UserError(f'cannot create {utils.run_path(config, key)} ({error.strerror or error}); '
+                                  'choose a writable --run_directory')
+
+
+def save_epoch(sess, graph, config, data, epoch, writer):
+    """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO."""
+    model_directory = utils.run_path(config, 'model_directory')
+    graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
+    fixed_images = evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE]
+    save_grids(sess, graph, config, epoch, fixed_images, fixed_latents(config, GRID_SIDE * GRID_SIDE), writer)
+    inference = graph['inference']
+    test_images = evaluation_images(config, data['test_images'])
+    test_nelbo = run_in_batches(sess, inference['negative_elbo'], inference['images'], test_images).mean()
+    writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats', simple_value=test_nelbo)]),
+                       sess.run(graph['global_step']))
+    print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
 
 
 def save_interrupted(sess, graph, config, step):
@@ -500,12 +598,7 @@ def train(config, data):
     A non-finite loss or gradient stops training before anything non-finite is saved.
     """
     run_directory = config['run_directory']
-    for key in ('model_directory', 'log_directory'):
-        try:
-            os.makedirs(utils.run_path(config, key), exist_ok=True)
-        except OSError as error:
-            raise utils.UserError(f'cannot create {utils.run_path(config, key)} ({error.strerror or error}); '
-                                  'choose a writable --run_directory')
+    make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
 
@@ -515,9 +608,6 @@ def train(config, data):
         graph_container.finalize()  # a training loop that adds ops would leak memory every step: forbid it
 
     steps_per_epoch = len(data['train']) // config['batch_size']
-    test_images = evaluation_images(config, data['test_images'])
-    fixed_images = evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE]
-    latents = fixed_latents(config, GRID_SIDE * GRID_SIDE)
     checkpoint, step = latest_checkpoint(config)
     if checkpoint:
         check_run_config(config)
@@ -581,17 +671,168 @@ def train(config, data):
             position = 0
             sess.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
             if epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1:
-                model_directory = utils.run_path(config, 'model_directory')
-                graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
-                save_grids(sess, graph, config, epoch, fixed_images, latents, writer)
-                inference = graph['inference']
-                test_nelbo = run_in_batches(sess, inference['negative_elbo'], inference['images'], test_images).mean()
-                writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats',
-                                                                        simple_value=test_nelbo)]),
-                                   sess.run(graph['global_step']))
-                print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
+                save_epoch(sess, graph, config, data, epoch, writer)
         writer.close()
         print(f'trained {config["num_epoch"]} epochs ({sess.run(graph["global_step"])} steps) in {run_directory}')
+    return epoch_losses
+
+
+# ---------------------------------------------------------------- several machines
+
+def start_server(config, cluster):
+    """This process's tf1.train.Server in the cluster (TensorFlow's gRPC runtime)."""
+    job, task = config['job_name'], config['task']
+    address = cluster[job][task]
+    try:
+        with utils.silence_stderr():
+            return tf1.train.Server(tf1.train.ClusterSpec(cluster), job_name=job, task_index=task,
+                                    config=session_config(config))
+    except (tf.errors.OpError, ValueError) as error:
+        raise utils.UserError(f'cannot start {job} task {task} on {address} ({str(error).splitlines()[0]}); is the '
+                              f'port in use, or the address not this machine\'s? fix --{job}_hosts or TF_CONFIG')
+
+
+def finished_queues(cluster):
+    """A queue on each parameter server that every worker puts its task number in when it is done."""
+    queues = []
+    for task in range(len(cluster['ps'])):
+        with tf1.device(f'/job:ps/task:{task}'):
+            queues.append(tf1.FIFOQueue(len(cluster['worker']), tf.int32, shapes=[[]],
+                                        shared_name=f'finished_workers_{task}'))
+    return queues
+
+
+def serve_parameters(config, cluster):
+    """A parameter server: hold the variables placed here until every worker has put itself in the queue."""
+    server = start_server(config, cluster)
+    with tf.Graph().as_default():
+        wait = finished_queues(cluster)[config['task']].dequeue_many(len(cluster['worker']))
+        print(f'parameter server {config["task"]} serving on {cluster["ps"][config["task"]]}; it exits when all '
+              f'{len(cluster["worker"])} workers have finished', flush=True)
+        with tf1.Session(server.target) as sess:
+            sess.run(wait)
+    print(f'parameter server {config["task"]}: every worker finished')
+
+
+def ignore_cancelled_queue_runner():
+    """The chief's gradient queue runner is still waiting for the next gradients when its session closes at the
+    end; closing cancels that wait, which is how it ends, not an error to print."""
+    default = threading.excepthook
+    threading.excepthook = lambda args: None if issubclass(args.exc_type, tf.errors.CancelledError) else default(args)
+
+
+def train_on_cluster(config, data, cluster):
+    """Between-graph replication: each worker builds its own graph with the variables on the parameter servers
+    (replica_device_setter) and trains on its own shard of the data. With sync_replicas, every update averages one
+    gradient from each worker (a step is worker_replicas * batch_size images); without, each worker's gradient is
+    applied as it comes (a step is batch_size images). The chief (worker 0) alone restores and writes checkpoints,
+    summaries, grids and config.json; a worker that stops can be started again and rejoins. Returns the
+    per-epoch mean losses this worker saw.
+    """
+    task, workers = config['task'], len(cluster['worker'])
+    chief = task == 0
+    # This worker's sessions see only the parameter servers and itself, not wait for the other workers.
+    cluster_session_config = session_config(config)
+    cluster_session_config.device_filters.extend(['/job:ps', f'/job:worker/task:{task}'])
+    tf1.logging.set_verbosity(tf1.logging.ERROR)  # compat.v1's deprecation notices would bury the progress lines
+    server = start_server(config, cluster)
+    if chief:
+        make_run_folders(config)
+    if config['deterministic']:
+        tf.config.experimental.enable_op_determinism()
+    graph_container = tf.Graph()
+    with graph_container.as_default():
+        with tf1.device(tf1.train.replica_device_setter(ps_tasks=len(cluster['ps']), cluster=cluster,
+                                                        worker_device=f'/job:worker/task:{task}')):
+            graph = build_training_graph(config, cluster=cluster)
+        finished = tf.group([queue.enqueue(task) for queue in finished_queues(cluster)])
+        uninitialized = None if chief else tf1.report_uninitialized_variables(tf1.global_variables())
+        if config['sync_replicas']:
+            # No tokens at the start: the first update waits for a gradient from every worker. At the end the
+            # chief hands out one token per worker, so a worker still waiting for its last update gets it.
+            hooks = [graph['optimizer'].make_session_run_hook(chief, num_tokens=0)]
+            release_workers = graph['optimizer'].get_init_tokens_op(workers)
+        else:
+            hooks, release_workers = [], tf.no_op()
+        release_workers = release_workers if chief else tf.no_op()
+        scaffold = tf1.train.Scaffold(
+            init_op=graph['init'], saver=graph['saver'], summary_op=graph['summaries'],
+            local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), graph['iterator'].initializer),
+            local_init_feed_dict={graph['train_data']: data['train'],
+                                  graph['shuffle_seed']: config['seed'] * 100003 + task})
+
+    images_per_step = config['batch_size'] * (workers if config['sync_replicas'] else 1)
+    steps_per_epoch = len(data['train']) // images_per_step
+    if steps_per_epoch == 0:
+        raise utils.UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
+                              'lower --batch_size or train on more images')
+    last_step = config['num_epoch'] * steps_per_epoch
+    checkpoint, _ = latest_checkpoint(config) if chief else (None, 0)
+    if checkpoint:
+        check_run_config(config)
+        # MonitoredTrainingSession restores the checkpoint the state file names: make it the newest readable one.
+        tf1.train.update_checkpoint_state(utils.run_path(config, 'model_directory'), checkpoint)
+    hooks.append(tf1.train.StopAtStepHook(last_step=last_step))
+    session = lambda: tf1.train.MonitoredTrainingSession(
+        master=server.target, is_chief=chief, scaffold=scaffold, hooks=hooks, config=cluster_session_config,
+        checkpoint_dir=utils.run_path(config, 'model_directory') if chief else None,
+        summary_dir=utils.run_path(config, 'log_directory') if chief else None,
+        save_checkpoint_secs=None, save_checkpoint_steps=None, save_summaries_steps=config['summary_every'],
+        save_summaries_secs=None, log_step_count_steps=None, stop_grace_period_secs=2)
+
+    epoch_losses = []
+    print(f'worker {task} of {workers} ({"chief" if chief else "not chief"}) on {cluster["worker"][task]}: '
+          f'{len(data["train"])} images, {steps_per_epoch} steps of {images_per_step} images an epoch, '
+          f'{"synchronous" if config["sync_replicas"] else "asynchronous"} updates', flush=True)
+    if not chief:  # poll for the chief's initialisation each second (the session's own wait polls every 30 s)
+        with tf1.Session(server.target, graph=graph_container, config=cluster_session_config) as sess:
+            while len(sess.run(uninitialized)):
+                time.sleep(1)
+    ignore_cancelled_queue_runner()
+    with graph_container.as_default(), session() as sess, \
+            stop_requests() if chief else contextlib.nullcontext([]) as stop_signal:
+        step = sess.run_step_fn(lambda step_context: step_context.session.run(graph['global_step']))
+        if chief:
+            save_run_config(config)
+            if checkpoint:
+                print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
+        writer = tf1.summary.FileWriterCache.get(utils.run_path(config, 'log_directory')) if chief else None
+        fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl'],
+                   graph['step_after_update']]
+        totals, steps_run, start, steps_here = np.zeros(3), 0, time.perf_counter(), 0
+        while step < last_step and not sess.should_stop():
+            _, finite, loss, reconstruction_loss, kl, new_step = sess.run(fetches)
+            if not finite:
+                raise utils.UserError(f'the loss or its gradients became non-finite (loss {loss}) on worker {task} '
+                                      f'at step {new_step}; lower --learning_rate and start the cluster again')
+            totals, steps_run, steps_here = totals + (loss, reconstruction_loss, kl), steps_run + 1, steps_here + 1
+            for epoch in range(step // steps_per_epoch, new_step // steps_per_epoch):  # the epochs this step ended
+                mean = totals / steps_run
+                epoch_losses.append(mean[0])
+                print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
+                      f'{steps_run * config["batch_size"] / (time.perf_counter() - start):.0f} images/s '
+                      f'on worker {task}', flush=True)
+                if chief and (epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1):
+                    def save(step_context):  # on the raw session: a save is not a training step for the hooks
+                        step_context.session.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
+                        save_epoch(step_context.session, graph, config, data, epoch, writer)
+                    sess.run_step_fn(save)
+                totals, steps_run, start = np.zeros(3), 0, time.perf_counter()
+            step = new_step
+            if stop_signal:
+                name = signal.Signals(stop_signal[0]).name
+                if chief:
+                    path = sess.run_step_fn(
+                        lambda step_context: save_interrupted(step_context.session, graph, config, step))
+                    print(f'\n{name}: saved {path} after step {step}; start the chief again to resume from there')
+                else:
+                    print(f'\n{name}: worker {task} stops after step {step}; start it again to rejoin')
+                raise SystemExit(128 + stop_signal[0])
+        sess.run_step_fn(lambda step_context: step_context.session.run(release_workers))
+    with tf1.Session(server.target, graph=graph_container, config=cluster_session_config) as sess:
+        sess.run(finished)
+    print(f'worker {task}: ran {steps_here} steps; the run is at step {step} of {last_step}' +
+          (f' in {config["run_directory"]}' if chief else ''))
     return epoch_losses
 
 
@@ -604,8 +845,15 @@ def main(argv):
         config['run_directory'] = new_directory
     elif options['fresh']:
         print(f'--fresh: {config["run_directory"]} holds no checkpoints; training there')
+    cluster = utils.cluster_from_config(config)
+    if cluster and config['job_name'] == 'ps':
+        serve_parameters(config, cluster)
+        return
     data = load_data(config)
-    train(config, data)
+    if cluster:
+        train_on_cluster(config, data, cluster)
+    else:
+        train(config, data)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,176 @@
+"""Several devices and machines: towers on 2 virtual CPU devices, and a loopback cluster of one parameter server
+and two workers (subprocesses on free 127.0.0.1 ports), with a worker killed and started again mid-run."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import utils
+import vae
+import vae_inference
+from conftest import MNIST_DIR, ROOT, TINY, run_script, subset, tiny_config
+
+tf1 = tf.compat.v1
+
+
+def test_two_towers_train_like_one_and_restore_on_one_device(tmp_path, mnist):
+    data = subset(mnist, 6400)  # one epoch of 100 steps of 64 images
+    one = vae.train(tiny_config(tmp_path / 'one', '--num_epoch', '1'), data)
+    two = vae.train(tiny_config(tmp_path / 'two', '--num_epoch', '1', '--num_clones', '2', '--clone_on_cpu', 'true'),
+                    data)
+    # Same seed and global batch; the towers draw their own noise and normalise 32-image halves, so the losses
+    # are close, not equal (measured: 0.07904 and 0.07914).
+    assert abs(two[0] - one[0]) < 0.02 * one[0]
+
+    moving = {}
+    for run in ('one', 'two'):
+        prefix = str(tmp_path / run / 'models' / 'model_0')
+        moving[run] = np.concatenate([tf.train.load_variable(prefix, name).ravel()
+                                      for name, _ in tf.train.list_variables(prefix) if name.endswith('moving_mean')])
+    assert not np.allclose(moving['two'], 0)  # the towers' batch moments did move the averages ...
+    assert np.allclose(moving['two'], moving['one'], atol=0.05)  # ... once per step, like one tower's
+
+    sess, outputs, epoch = vae_inference.restore(tiny_config(tmp_path / 'two'))  # the default: one device
+    with sess:
+        reconstructions = vae_inference.reconstruct(sess, outputs, mnist['test_images'][:10])
+    assert epoch == 0 and reconstructions.shape == (10, 28, 28, 1) and np.isfinite(reconstructions).all()
+
+
+def test_towers_need_devices_and_a_batch_they_divide(tmp_path):
+    with pytest.raises(utils.UserError, match='num_clones=2 towers need 2 GPUs but 0 are visible; pass '
+                                              '--clone_on_cpu true'):
+        vae.tower_devices(tiny_config(tmp_path, '--num_clones', '2'))
+    with pytest.raises(utils.UserError, match='num_clones must be >= 1 and divide batch_size 64'):
+        tiny_config(tmp_path, '--num_clones', '3')
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+# 1,280 images, 64 a worker per step: 10 synchronous steps (of 128 images) an epoch, or 20 asynchronous ones.
+CLUSTER_ARGS = TINY + ['--num_train_images', '1280', '--num_epoch', '12', '--save_every', '3']
+
+
+def start_task(cluster, job, task, run, log, *extra):
+    tf_config = json.dumps({'cluster': cluster, 'task': {'type': job, 'index': task}})
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *CLUSTER_ARGS, '--run_directory', str(run),
+                             *extra], cwd=ROOT, stdout=open(log, 'w'), stderr=subprocess.STDOUT,
+                            env={**os.environ, 'TF_CONFIG': tf_config, 'PYTHONUNBUFFERED': '1'})
+
+
+def wait_for_line(log, text, process, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if text in open(log).read():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f'{text!r} not in {log} within {timeout} s:\n{open(log).read()}')
+
+
+@pytest.fixture
+def processes():
+    """Every process a test starts; all are killed at the end, whatever happened."""
+    started = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize('sync', ['true', 'false'])
+def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes, sync):
+    ps, worker0, worker1 = free_ports(3)
+    cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}', f'127.0.0.1:{worker1}']}
+    run, logs = tmp_path / 'run', {name: tmp_path / f'{name}.log' for name in ('ps', 'chief', 'worker1', 'again')}
+    extra = ['--sync_replicas', sync]
+    total_steps = 120 if sync == 'true' else 240
+    processes.append(start_task(cluster, 'ps', 0, run, logs['ps'], *extra))
+    processes.append(start_task(cluster, 'worker', 0, run, logs['chief'], *extra))
+    processes.append(start_task(cluster, 'worker', 1, run, logs['worker1'], *extra))
+    chief, worker1 = processes[1], processes[2]
+
+    wait_for_line(logs['worker1'], 'epoch ', worker1, timeout=120)  # early on: kill worker 1, start it again
+    worker1.send_signal(signal.SIGKILL)
+    worker1.wait(timeout=30)
+    time.sleep(1)
+    processes.append(start_task(cluster, 'worker', 1, run, logs['again'], *extra))
+    for process in processes[:2] + processes[3:]:
+        process.wait(timeout=240)
+    output = {name: open(log).read() for name, log in logs.items()}
+    assert [p.returncode for p in processes] == [0, 0, -signal.SIGKILL, 0], output
+
+    # Asynchronous workers finishing together may both add their last step: the run can end one step past.
+    for name, log in (('chief', 'chief'), ('rejoined worker', 'again')):
+        ran, at = re.search(r'ran (\d+) steps; the run is at step (\d+) of ', output[log]).groups()
+        assert int(ran) > 0 and total_steps <= int(at) <= total_steps + 1, (name, output[log])
+    assert 'every worker finished' in output['ps']
+    losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
+    assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']
+    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, 6, 9, 11]  # the chief alone saved
+    assert int(tf.train.load_variable(str(run / 'models' / 'model_11'), 'global_step')) >= total_steps
+
+    result = run_script('vae_inference.py', *TINY, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    assert 'restored' in result.stdout and 'model_11' in result.stdout
+
+
+def cluster_config(monkeypatch, tf_config=None, *extra):
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    if tf_config is not None:
+        monkeypatch.setenv('TF_CONFIG', tf_config)
+    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, *extra])
+    return config
+
+
+def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
+    assert utils.cluster_from_config(cluster_config(monkeypatch)) is None  # one process by default
+    tf_config = {'cluster': {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}, 'task': {'type': 'worker', 'index': 1}}
+    config = cluster_config(monkeypatch, json.dumps(tf_config))
+    assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
+    assert (config['worker_replicas'], config['num_ps_tasks'], config['job_name'], config['task']) == (2, 1, 'worker', 1)
+    config = cluster_config(monkeypatch, None, '--worker_replicas', '2', '--num_ps_tasks', '1', '--ps_hosts', 'a:1',
+                            '--worker_hosts', 'b:2,c:3', '--job_name', 'ps')
+    assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
+
+
+@pytest.mark.parametrize('tf_config, extra, message', [
+    ('{"cluster": ', [], 'TF_CONFIG is not a cluster'),
+    ('{"cluster": {"worker": ["b:2"]}}', [], "TF_CONFIG is not a cluster .*KeyError"),
+    (None, ['--worker_replicas', '2'], 'pass --num_ps_tasks 1'),
+    (None, ['--worker_replicas', '2', '--num_ps_tasks', '1', '--ps_hosts', 'a:1', '--worker_hosts', 'b:2'],
+     'worker_replicas=2 but worker_hosts lists 1 addresses'),
+    (None, ['--num_ps_tasks', '1', '--ps_hosts', 'a:1', '--worker_hosts', 'b:2', '--task', '1'],
+     'task 1 is not in the 1 worker tasks'),
+    (None, ['--num_ps_tasks', '1', '--ps_hosts', 'a:1', '--worker_hosts', 'b:2', '--job_name', 'chief'],
+     'job_name must be ps or worker'),
+])
+def test_a_wrong_cluster_is_refused_with_the_fix(monkeypatch, tf_config, extra, message):
+    with pytest.raises(utils.UserError, match=message):
+        utils.cluster_from_config(cluster_config(monkeypatch, tf_config, *extra))
+
+
+def test_a_busy_port_is_a_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_script('vae.py', *TINY, '--run_directory', tmp_path / 'run', '--num_ps_tasks', '1',
+                            '--ps_hosts', f'127.0.0.1:{port}', '--worker_hosts', '127.0.0.1:1', '--job_name', 'ps')
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f'error: cannot start ps task 0 on 127.0.0.1:{port}')
