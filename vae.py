@@ -789,46 +789,55 @@ def train_on_cluster(config, data, cluster):
             while len(sess.run(uninitialized)):
                 time.sleep(1)
     ignore_cancelled_queue_runner()
-    with graph_container.as_default(), session() as sess, \
-            stop_requests() if chief else contextlib.nullcontext([]) as stop_signal:
-        step = sess.run_step_fn(lambda step_context: step_context.session.run(graph['global_step']))
-        if chief:
-            save_run_config(config)
-            if checkpoint:
-                print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
-        writer = tf1.summary.FileWriterCache.get(utils.run_path(config, 'log_directory')) if chief else None
-        fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl'],
-                   graph['step_after_update']]
-        totals, steps_run, start, steps_here = np.zeros(3), 0, time.perf_counter(), 0
-        while step < last_step and not sess.should_stop():
-            _, finite, loss, reconstruction_loss, kl, new_step = sess.run(fetches)
-            if not finite:
-                raise utils.UserError(f'the loss or its gradients became non-finite (loss {loss}) on worker {task} '
-                                      f'at step {new_step}; lower --learning_rate and start the cluster again')
-            totals, steps_run, steps_here = totals + (loss, reconstruction_loss, kl), steps_run + 1, steps_here + 1
-            for epoch in range(step // steps_per_epoch, new_step // steps_per_epoch):  # the epochs this step ended
-                mean = totals / steps_run
-                epoch_losses.append(mean[0])
-                print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-                      f'{steps_run * config["batch_size"] / (time.perf_counter() - start):.0f} images/s '
-                      f'on worker {task}', flush=True)
-                if chief and (epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1):
-                    def save(step_context):  # on the raw session: a save is not a training step for the hooks
-                        step_context.session.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
-                        save_epoch(step_context.session, graph, config, data, epoch, writer)
-                    sess.run_step_fn(save)
-                totals, steps_run, start = np.zeros(3), 0, time.perf_counter()
-            step = new_step
-            if stop_signal:
-                name = signal.Signals(stop_signal[0]).name
-                if chief:
-                    path = sess.run_step_fn(
-                        lambda step_context: save_interrupted(step_context.session, graph, config, step))
-                    print(f'\n{name}: saved {path} after step {step}; start the chief again to resume from there')
-                else:
-                    print(f'\n{name}: worker {task} stops after step {step}; start it again to rejoin')
-                raise SystemExit(128 + stop_signal[0])
-        sess.run_step_fn(lambda step_context: step_context.session.run(release_workers))
+    try:
+        with graph_container.as_default(), session() as sess, \
+                stop_requests() if chief else contextlib.nullcontext([]) as stop_signal:
+            step = sess.run_step_fn(lambda step_context: step_context.session.run(graph['global_step']))
+            if chief:
+                save_run_config(config)
+                if checkpoint:
+                    print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
+            writer = tf1.summary.FileWriterCache.get(utils.run_path(config, 'log_directory')) if chief else None
+            fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl'],
+                       graph['step_after_update']]
+            totals, steps_run, start, steps_here = np.zeros(3), 0, time.perf_counter(), 0
+            while step < last_step and not sess.should_stop():
+                _, finite, loss, reconstruction_loss, kl, new_step = sess.run(fetches)
+                if not finite:
+                    raise utils.UserError(f'the loss or its gradients became non-finite (loss {loss}) on worker {task} '
+                                          f'at step {new_step}; lower --learning_rate and start the cluster again')
+                totals, steps_run, steps_here = totals + (loss, reconstruction_loss, kl), steps_run + 1, steps_here + 1
+                for epoch in range(step // steps_per_epoch, new_step // steps_per_epoch):  # the epochs this step ended
+                    mean = totals / steps_run
+                    epoch_losses.append(mean[0])
+                    print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
+                          f'{steps_run * config["batch_size"] / (time.perf_counter() - start):.0f} images/s '
+                          f'on worker {task}', flush=True)
+                    if chief and (epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1):
+                        def save(step_context):  # on the raw session: a save is not a training step for the hooks
+                            step_context.session.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
+                            save_epoch(step_context.session, graph, config, data, epoch, writer)
+                        sess.run_step_fn(save)
+                    totals, steps_run, start = np.zeros(3), 0, time.perf_counter()
+                step = new_step
+                if stop_signal:
+                    name = signal.Signals(stop_signal[0]).name
+                    if chief:
+                        path = sess.run_step_fn(
+                            lambda step_context: save_interrupted(step_context.session, graph, config, step))
+                        print(f'\n{name}: saved {path} after step {step}; start the chief again to resume from there' +
+                                  (' (restart the parameter servers first: synchronous mode)' if config['sync_replicas'] else ''))
+                    else:
+                        print(f'\n{name}: worker {task} stops after step {step}; start it again to rejoin')
+                    raise SystemExit(128 + stop_signal[0])
+            sess.run_step_fn(lambda step_context: step_context.session.run(release_workers))
+    except tf.errors.CancelledError as error:
+        if 'sync_token_q' not in str(error):
+            raise
+        # A stopped chief's token queue stays closed on the parameter servers; TensorFlow cannot reopen it.
+        raise utils.UserError('the parameter servers hold the token queue of a chief that stopped, and it is closed; '
+                              'start the parameter servers again, then the workers (the chief resumes from its '
+                              'newest checkpoint)')
     with tf1.Session(server.target, graph=graph_container, config=cluster_session_config) as sess:
         sess.run(finished)
     print(f'worker {task}: ran {steps_here} steps; the run is at step {step} of {last_step}' +

@@ -13,7 +13,6 @@ machine's speed drifts) and the median round is shown.
 """
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -53,8 +52,8 @@ def free_ports(count):
 
 
 def run_case(workers, extra, args, run_directory):
-    """Start the case's processes; the chief's (steps per epoch, seconds between its epoch-1 and last-but-one
-    lines, epochs in between)."""
+    """Start the case's processes; the seconds between the chief's epoch-1 and last-but-one lines, and the
+    epochs in between."""
     command = [sys.executable, os.path.join(ROOT, 'vae.py'), *args, *extra, '--run_directory', run_directory]
     environments = [{}]
     if workers:
@@ -66,12 +65,10 @@ def run_case(workers, extra, args, run_directory):
                                   env={**os.environ, 'PYTHONUNBUFFERED': '1', **environment})
                  for environment in environments]
     chief = processes[1] if workers else processes[0]
-    times, steps_per_epoch = {}, None
+    times, lines = {}, []
     try:
         for line in chief.stdout:
-            match = re.search(r'(\d+) steps of \d+ images an epoch', line)
-            if match:
-                steps_per_epoch = int(match.group(1))
+            lines.append(line)
             if line.startswith('epoch '):
                 times[int(line.split()[1])] = time.perf_counter()
         for process in processes:
@@ -81,8 +78,11 @@ def run_case(workers, extra, args, run_directory):
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    last = max(times)
-    return steps_per_epoch, times[last - 1] - times[1], last - 2
+    last = max(times, default=0)
+    if last < 3 or 1 not in times:
+        raise SystemExit(f'{" ".join(command)}: the chief printed no rate to take (use 4 epochs or more):\n' +
+                         ''.join(lines))
+    return times[last - 1] - times[1], last - 2
 
 
 def parameter_count(config):
@@ -99,15 +99,17 @@ def main(argv):
     config, options = utils.parse_command_line(defaults + argv, {'repeats': 2})
     if not os.path.isdir(os.path.join(ROOT, config['data_directory'])) and os.path.isdir(MNIST):
         config['data_directory'] = MNIST
-    args = defaults + argv + ['--data_directory', config['data_directory']]
+    args = [f'--{key}={value}' for key, value in config.items() if isinstance(value, (int, float, str))] + \
+        [f'--{key}={",".join(map(str, value))}' for key, value in config.items() if isinstance(value, list) and value]
     batch = config['batch_size']
+    images_per_step = lambda name: batch * (CASES[name][0] if CASES[name][0] and 'async' not in name else 1)
     rates = {name: [] for name in CASES}
     with tempfile.TemporaryDirectory() as scratch:
         for round_number in range(options['repeats']):
-            for name, (workers, extra) in CASES.items():
-                run = os.path.join(scratch, f'{round_number}-{len(rates[name])}-{name.split()[0]}{workers}')
-                steps_per_epoch, seconds, epochs = run_case(workers, extra, args, run)
-                rates[name].append(steps_per_epoch * epochs / seconds)
+            for case, (name, (workers, extra)) in enumerate(CASES.items()):
+                run = os.path.join(scratch, f'round{round_number}-case{case}')
+                seconds, epochs = run_case(workers, extra, args, run)
+                rates[name].append(config['num_train_images'] // images_per_step(name) * epochs / seconds)
                 print(f'round {round_number}: {name}: {rates[name][-1]:.2f} steps/s', flush=True)
 
     print(f'\n{config["dataset"]} model, batch_size {batch}, {config["num_train_images"]} images, '
@@ -115,8 +117,8 @@ def main(argv):
     print(f'| case | images a step | steps/s | images/s | steps/s vs 1 tower |')
     print('| --- | ---: | ---: | ---: | ---: |')
     base = np.median(rates['1 tower'])
-    for name, (workers, extra) in CASES.items():
-        per_step = batch * (workers if workers and '--sync_replicas' not in extra else 1)
+    for name in CASES:
+        per_step = images_per_step(name)
         steps = np.median(rates[name])
         print(f'| {name} | {per_step} | {steps:.2f} | {steps * per_step:.0f} | {steps / base:.2f}x |')
 

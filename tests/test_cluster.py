@@ -130,6 +130,36 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     assert 'restored' in result.stdout and 'model_11' in result.stdout
 
 
+@pytest.mark.parametrize('sync', ['true', 'false'])
+def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there(tmp_path, processes, sync):
+    ps, worker0 = free_ports(2)
+    cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}']}
+    run, log, extra = tmp_path / 'run', tmp_path / 'chief.log', ['--sync_replicas', sync]
+    processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps.log', *extra))
+    processes.append(start_task(cluster, 'worker', 0, run, log, *extra))
+    wait_for_line(log, 'epoch   1', processes[1], timeout=120)
+    processes[1].send_signal(signal.SIGTERM)
+    assert processes[1].wait(timeout=60) == 128 + signal.SIGTERM
+    step = int(re.search(r'SIGTERM: saved \S+interrupted_(\d+) after step', open(log).read()).group(1))
+    assert 20 <= step < 240 and sorted(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]
+
+    if sync == 'true':  # the stopped chief's token queue on the parameter server is closed for good
+        processes.append(start_task(cluster, 'worker', 0, run, tmp_path / 'refused.log', *extra))
+        assert processes[-1].wait(timeout=120) == 1
+        assert 'error: the parameter servers hold the token queue of a chief that stopped' in \
+            open(tmp_path / 'refused.log').read()
+        assert utils.list_checkpoints(run / 'models', 'interrupted') == {step: str(run / 'models' / f'interrupted_{step}')}
+        processes[0].kill()
+        processes[0].wait()
+        processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps2.log', *extra))
+    processes.append(start_task(cluster, 'worker', 0, run, tmp_path / 'again.log', *extra))
+    assert processes[-1].wait(timeout=240) == 0, open(tmp_path / 'again.log').read()
+    output = open(tmp_path / 'again.log').read()
+    assert f'interrupted_{step} (step {step})' in output
+    assert re.search(r'the run is at step (120|240) of \1', output)
+    assert processes[-2 if sync == 'true' else 0].wait(timeout=60) == 0  # the parameter server saw it finish
+
+
 def cluster_config(monkeypatch, tf_config=None, *extra):
     monkeypatch.delenv('TF_CONFIG', raising=False)
     if tf_config is not None:
