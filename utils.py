@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import urllib.request
 
@@ -162,6 +163,17 @@ def check_config(config):
 
 
 # ---------------------------------------------------------------- cluster
+
+def free_ports(count):
+    """count TCP ports on 127.0.0.1 that were free a moment ago (for loopback clusters: tests, benchmark)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
 
 def cluster_from_config(config):
     """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process.

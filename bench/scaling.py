@@ -13,7 +13,6 @@ machine's speed drifts) and the median round is shown.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,23 +40,13 @@ CASES = {
 }
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_case(workers, extra, args, run_directory):
     """Start the case's processes; the seconds between the chief's epoch-1 and last-but-one lines, and the
     epochs in between."""
     command = [sys.executable, os.path.join(ROOT, 'vae.py'), *args, *extra, '--run_directory', run_directory]
     environments = [{}]
     if workers:
-        ports = free_ports(workers + 1)
+        ports = utils.free_ports(workers + 1)
         cluster = {'ps': [f'127.0.0.1:{ports[0]}'], 'worker': [f'127.0.0.1:{p}' for p in ports[1:]]}
         environments = [{'TF_CONFIG': json.dumps({'cluster': cluster, 'task': {'type': job, 'index': index}})}
                         for job, index in [('ps', 0)] + [('worker', i) for i in range(workers)]]

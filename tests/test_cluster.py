@@ -52,16 +52,6 @@ def test_towers_need_devices_and_a_batch_they_divide(tmp_path):
         tiny_config(tmp_path, '--num_clones', '3')
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 # 1,280 images, 64 a worker per step: 10 synchronous steps (of 128 images) an epoch, or 20 asynchronous ones.
 CLUSTER_ARGS = TINY + ['--num_train_images', '1280', '--num_epoch', '12', '--save_every', '3']
 
@@ -95,7 +85,7 @@ def processes():
 
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes, sync):
-    ps, worker0, worker1 = free_ports(3)
+    ps, worker0, worker1 = utils.free_ports(3)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}', f'127.0.0.1:{worker1}']}
     run, logs = tmp_path / 'run', {name: tmp_path / f'{name}.log' for name in ('ps', 'chief', 'worker1', 'again')}
     extra = ['--sync_replicas', sync]
@@ -132,7 +122,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
 
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there(tmp_path, processes, sync):
-    ps, worker0 = free_ports(2)
+    ps, worker0 = utils.free_ports(2)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}']}
     run, log, extra = tmp_path / 'run', tmp_path / 'chief.log', ['--sync_replicas', sync]
     processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps.log', *extra))
