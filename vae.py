@@ -723,8 +723,8 @@ def ignore_cancelled_queue_runner():
 
 def train_on_cluster(config, data, cluster):
     """Between-graph replication: each worker builds its own graph with the variables on the parameter servers
-    (replica_device_setter) and trains on its own shard of the data. With sync_replicas, every update averages one
-    gradient from each worker (a step is worker_replicas * batch_size images); without, each worker's gradient is
+    (replica_device_setter) and trains on its own shard of the data. With sync_replicas, every update averages
+    worker_replicas gradients (a step is worker_replicas * batch_size images); without, each worker's gradient is
     applied as it comes (a step is batch_size images). The chief (worker 0) alone restores and writes checkpoints,
     summaries, grids and config.json; a worker that stops can be started again and rejoins. Returns the
     per-epoch mean losses this worker saw.
@@ -820,24 +820,21 @@ def train_on_cluster(config, data, cluster):
                         sess.run_step_fn(save)
                     totals, steps_run, start = np.zeros(3), 0, time.perf_counter()
                 step = new_step
-                if stop_signal:
-                    name = signal.Signals(stop_signal[0]).name
-                    if chief:
-                        path = sess.run_step_fn(
-                            lambda step_context: save_interrupted(step_context.session, graph, config, step))
-                        print(f'\n{name}: saved {path} after step {step}; start the chief again to resume from there' +
-                                  (' (restart the parameter servers first: synchronous mode)' if config['sync_replicas'] else ''))
-                    else:
-                        print(f'\n{name}: worker {task} stops after step {step}; start it again to rejoin')
+                if stop_signal:  # the chief's only: other workers stop at once, holding nothing to save
+                    path = sess.run_step_fn(
+                        lambda step_context: save_interrupted(step_context.session, graph, config, step))
+                    restart = ' after the parameter servers (synchronous mode)' if config['sync_replicas'] else ''
+                    print(f'\n{signal.Signals(stop_signal[0]).name}: saved {path} after step {step}; start the '
+                          f'chief again{restart} to resume from there')
                     raise SystemExit(128 + stop_signal[0])
             sess.run_step_fn(lambda step_context: step_context.session.run(release_workers))
     except tf.errors.CancelledError as error:
         if 'sync_token_q' not in str(error):
             raise
         # A stopped chief's token queue stays closed on the parameter servers; TensorFlow cannot reopen it.
-        raise utils.UserError('the parameter servers hold the token queue of a chief that stopped, and it is closed; '
-                              'start the parameter servers again, then the workers (the chief resumes from its '
-                              'newest checkpoint)')
+        raise utils.UserError('the parameter servers hold the token queue of a chief that stopped, and it is '
+                              'closed; start the parameter servers again, then the workers (the chief resumes '
+                              'from its newest checkpoint)')
     with tf1.Session(server.target, graph=graph_container, config=cluster_session_config) as sess:
         sess.run(finished)
     print(f'worker {task}: ran {steps_here} steps; the run is at step {step} of {last_step}' +

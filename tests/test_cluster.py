@@ -138,7 +138,7 @@ def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there
         assert processes[-1].wait(timeout=120) == 1
         assert 'error: the parameter servers hold the token queue of a chief that stopped' in \
             open(tmp_path / 'refused.log').read()
-        assert utils.list_checkpoints(run / 'models', 'interrupted') == {step: str(run / 'models' / f'interrupted_{step}')}
+        assert list(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]  # nothing saved over it
         processes[0].kill()
         processes[0].wait()
         processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps2.log', *extra))
@@ -163,7 +163,8 @@ def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
     tf_config = {'cluster': {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}, 'task': {'type': 'worker', 'index': 1}}
     config = cluster_config(monkeypatch, json.dumps(tf_config))
     assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
-    assert (config['worker_replicas'], config['num_ps_tasks'], config['job_name'], config['task']) == (2, 1, 'worker', 1)
+    keys = ('worker_replicas', 'num_ps_tasks', 'job_name', 'task')
+    assert [config[key] for key in keys] == [2, 1, 'worker', 1]
     config = cluster_config(monkeypatch, None, '--worker_replicas', '2', '--num_ps_tasks', '1', '--ps_hosts', 'a:1',
                             '--worker_hosts', 'b:2,c:3', '--job_name', 'ps')
     assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}

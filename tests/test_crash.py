@@ -37,12 +37,17 @@ def resumed_step(output):
     return 0
 
 
-def wait_for_checkpoint_write(run, timeout):
-    """Poll until a checkpoint is being written (a .tempstate file exists); True if one was seen."""
+def temporary_files(run):
     model_directory = os.path.join(run, 'models')
+    return {f for f in os.listdir(model_directory) if '.tempstate' in f} if os.path.isdir(model_directory) else set()
+
+
+def wait_for_checkpoint_write(run, timeout, stale):
+    """Poll until a checkpoint is being written (a .tempstate file not in `stale`, the leftovers of a write killed
+    in an earlier round, exists); True if one was seen."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if os.path.isdir(model_directory) and any('.tempstate' in f for f in os.listdir(model_directory)):
+        if temporary_files(run) - stale:
             return True
         time.sleep(0.0005)
     return False
@@ -56,9 +61,10 @@ def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp
     expected_step = 0  # the step of the newest complete checkpoint when the last process died
     finished = False
     while rounds < 8 and not finished:
+        stale = temporary_files(run)
         process = start_training(run)
         if rounds % 2:
-            mid_write = wait_for_checkpoint_write(run, timeout=30)
+            mid_write = wait_for_checkpoint_write(run, timeout=30, stale=stale)
         else:
             time.sleep(rng.uniform(6, 12))
             mid_write = False
