@@ -519,15 +519,32 @@ def make_run_folders(config):
                                   'choose a writable --run_directory')
 
 
-def save_epoch(sess, graph, config, data, epoch, writer):
+def evaluation_set(config, data):
+    """What every save looks at, made once per run: the grids' fixed images and latents, and the test images."""
+    return {'grid_images': evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE],
+            'latents': fixed_latents(config, GRID_SIDE * GRID_SIDE),
+            'test_images': evaluation_images(config, data['test_images'])}
+
+
+def saves_after(config, epoch):
+    """Whether training saves after this epoch: epoch 0, every save_every epochs, and the last."""
+    return epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1
+
+
+def epoch_line(epoch, mean, images_per_second):
+    """The line printed after each epoch (the benchmarks and tests read it): mean loss, reconstruction, KL."""
+    return (f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
+            f'{images_per_second:.0f} images/s')
+
+
+def save_epoch(sess, graph, config, evaluation, epoch, writer):
     """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO."""
     model_directory = utils.run_path(config, 'model_directory')
     graph['saver'].save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
-    fixed_images = evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE]
-    save_grids(sess, graph, config, epoch, fixed_images, fixed_latents(config, GRID_SIDE * GRID_SIDE), writer)
+    save_grids(sess, graph, config, epoch, evaluation['grid_images'], evaluation['latents'], writer)
     inference = graph['inference']
-    test_images = evaluation_images(config, data['test_images'])
-    test_nelbo = run_in_batches(sess, inference['negative_elbo'], inference['images'], test_images).mean()
+    test_nelbo = run_in_batches(sess, inference['negative_elbo'], inference['images'],
+                                evaluation['test_images']).mean()
     writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats', simple_value=test_nelbo)]),
                        sess.run(graph['global_step']))
     print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
@@ -608,6 +625,7 @@ def train(config, data):
         graph_container.finalize()  # a training loop that adds ops would leak memory every step: forbid it
 
     steps_per_epoch = len(data['train']) // config['batch_size']
+    evaluation = evaluation_set(config, data)
     checkpoint, step = latest_checkpoint(config)
     if checkpoint:
         check_run_config(config)
@@ -666,12 +684,11 @@ def train(config, data):
             if steps_run:
                 mean = totals / steps_run
                 epoch_losses.append(mean[0])
-                print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-                      f'{steps_run * config["batch_size"] / seconds:.0f} images/s')
+                print(epoch_line(epoch, mean, steps_run * config['batch_size'] / seconds))
             position = 0
             sess.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
-            if epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1:
-                save_epoch(sess, graph, config, data, epoch, writer)
+            if saves_after(config, epoch):
+                save_epoch(sess, graph, config, evaluation, epoch, writer)
         writer.close()
         print(f'trained {config["num_epoch"]} epochs ({sess.run(graph["global_step"])} steps) in {run_directory}')
     return epoch_losses
@@ -747,14 +764,11 @@ def train_on_cluster(config, data, cluster):
             graph = build_training_graph(config, cluster=cluster)
         finished = tf.group([queue.enqueue(task) for queue in finished_queues(cluster)])
         uninitialized = None if chief else tf1.report_uninitialized_variables(tf1.global_variables())
-        if config['sync_replicas']:
-            # No tokens at the start: the first update waits for a gradient from every worker. At the end the
-            # chief hands out one token per worker, so a worker still waiting for its last update gets it.
-            hooks = [graph['optimizer'].make_session_run_hook(chief, num_tokens=0)]
-            release_workers = graph['optimizer'].get_init_tokens_op(workers)
-        else:
-            hooks, release_workers = [], tf.no_op()
-        release_workers = release_workers if chief else tf.no_op()
+        # Synchronous: no tokens at the start, so the first update waits for a gradient from every worker; at the
+        # end the chief hands out one token per worker, so a worker still waiting for its last update gets it.
+        hooks = [graph['optimizer'].make_session_run_hook(chief, num_tokens=0)] if config['sync_replicas'] else []
+        release_workers = graph['optimizer'].get_init_tokens_op(workers) if chief and config['sync_replicas'] \
+            else tf.no_op()
         scaffold = tf1.train.Scaffold(
             init_op=graph['init'], saver=graph['saver'], summary_op=graph['summaries'],
             local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), graph['iterator'].initializer),
@@ -798,6 +812,7 @@ def train_on_cluster(config, data, cluster):
                 if checkpoint:
                     print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
             writer = tf1.summary.FileWriterCache.get(utils.run_path(config, 'log_directory')) if chief else None
+            evaluation = evaluation_set(config, data) if chief else None
             fetches = [graph['train_op'], graph['finite'], graph['loss'], graph['reconstruction_loss'], graph['kl'],
                        graph['step_after_update']]
             totals, steps_run, start, steps_here = np.zeros(3), 0, time.perf_counter(), 0
@@ -810,13 +825,12 @@ def train_on_cluster(config, data, cluster):
                 for epoch in range(step // steps_per_epoch, new_step // steps_per_epoch):  # the epochs this step ended
                     mean = totals / steps_run
                     epoch_losses.append(mean[0])
-                    print(f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-                          f'{steps_run * config["batch_size"] / (time.perf_counter() - start):.0f} images/s '
-                          f'on worker {task}', flush=True)
-                    if chief and (epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1):
+                    images_per_second = steps_run * config['batch_size'] / (time.perf_counter() - start)
+                    print(epoch_line(epoch, mean, images_per_second) + f' on worker {task}', flush=True)
+                    if chief and saves_after(config, epoch):
                         def save(step_context):  # on the raw session: a save is not a training step for the hooks
                             step_context.session.run(graph['set_epoch'], {graph['next_epoch']: epoch + 1})
-                            save_epoch(step_context.session, graph, config, data, epoch, writer)
+                            save_epoch(step_context.session, graph, config, evaluation, epoch, writer)
                         sess.run_step_fn(save)
                     totals, steps_run, start = np.zeros(3), 0, time.perf_counter()
                 step = new_step
