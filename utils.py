@@ -1,15 +1,14 @@
-"""Command line, data loading and image writing shared by vae.py, vae_inference.py and the tests."""
+"""Shared plumbing of vae.py, vae_inference.py, the tests and the benchmarks: TensorFlow imported quietly, the
+command line, run folders and their checkpoint files, image grids, GIFs and TensorBoard image summaries.
+"""
 import contextlib
 import copy
 import glob
-import gzip
-import hashlib
+import io
 import json
 import os
 import re
-import socket
 import sys
-import urllib.request
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -31,6 +30,13 @@ def silence_stderr():
         os.dup2(saved, 2)
         os.close(null)
         os.close(saved)
+
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's informational logging off the console
+with silence_stderr():
+    import tensorflow as tf
+tf1 = tf.compat.v1
+tf1.disable_eager_execution()  # TensorFlow 1.x-style graphs and sessions throughout
 
 
 class UserError(Exception):
@@ -162,60 +168,12 @@ def check_config(config):
                         f'{config["num_clones"]}; fix --num_clones or --batch_size')
 
 
-# ---------------------------------------------------------------- cluster
-
-def free_ports(count):
-    """count TCP ports on 127.0.0.1 that were free a moment ago (for loopback clusters: tests, benchmark)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def image_shape(config):
+    """[height, width, channels] of the config's images."""
+    return [config['image_height'], config['image_width'], config['image_channels']]
 
 
-def cluster_from_config(config):
-    """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process.
-
-    TF_CONFIG (the standard {"cluster": {...}, "task": {"type": ..., "index": ...}} variable), when set, gives the
-    cluster and this process's job and task, and overrides those config keys; otherwise ps_hosts and worker_hosts
-    do, and must list num_ps_tasks and worker_replicas addresses.
-    """
-    if os.environ.get('TF_CONFIG'):
-        try:
-            tf_config = json.loads(os.environ['TF_CONFIG'])
-            cluster = {job: list(tf_config['cluster'].get(job, [])) for job in ('ps', 'worker')}
-            config['job_name'], config['task'] = tf_config['task']['type'], int(tf_config['task']['index'])
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(f'TF_CONFIG is not a cluster ({type(error).__name__}: {error}); set it like '
-                            '{"cluster": {"ps": ["host:port"], "worker": ["host:port", ...]}, '
-                            '"task": {"type": "worker", "index": 0}}')
-        config['ps_hosts'], config['worker_hosts'] = cluster['ps'], cluster['worker']
-        config['num_ps_tasks'], config['worker_replicas'] = len(cluster['ps']), len(cluster['worker'])
-    if config['worker_replicas'] < 1 or config['num_ps_tasks'] < 0:
-        raise UserError(f'worker_replicas must be >= 1 and num_ps_tasks >= 0, got {config["worker_replicas"]} and '
-                        f'{config["num_ps_tasks"]}')
-    if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
-        return None
-    if config['num_ps_tasks'] == 0:
-        raise UserError(f'worker_replicas={config["worker_replicas"]} share their variables through parameter '
-                        'servers; pass --num_ps_tasks 1 (or more) and their --ps_hosts')
-    for job, hosts, count in (('ps', 'ps_hosts', 'num_ps_tasks'), ('worker', 'worker_hosts', 'worker_replicas')):
-        if len(config[hosts]) != config[count]:
-            raise UserError(f'{count}={config[count]} but {hosts} lists {len(config[hosts])} addresses '
-                            f'({",".join(config[hosts]) or "none"}); pass --{hosts} host:port,... with one per '
-                            f'{job} task, or set TF_CONFIG')
-    if config['job_name'] not in ('ps', 'worker'):
-        raise UserError(f'job_name must be ps or worker, got {config["job_name"]!r}; fix --job_name or TF_CONFIG')
-    size = len(config[config['job_name'] + '_hosts'])
-    if not 0 <= config['task'] < size:
-        raise UserError(f'task {config["task"]} is not in the {size} {config["job_name"]} tasks of the cluster; '
-                        f'pass --task 0..{size - 1}')
-    return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
-
-
-# ---------------------------------------------------------------- run folders
+# ---------------------------------------------------------------- run folders and checkpoints
 
 def run_path(config, key):
     """Path of one of the run's folders (model_directory, log_directory, ...) inside run_directory."""
@@ -252,257 +210,76 @@ def all_checkpoints(model_directory):
         list(list_checkpoints(model_directory, 'interrupted').values())
 
 
-# ---------------------------------------------------------------- MNIST
-
-MNIST_FILES = {  # name: MD5 of the decompressed bytes (the published checksums of the canonical files)
-    'train-images-idx3-ubyte': '6bbc9ace898e44ae57da46a324031adb',
-    'train-labels-idx1-ubyte': 'a25bea736e30d166cdddb491f175f624',
-    't10k-images-idx3-ubyte': '2646ac647ad5339dbf082846283269ea',
-    't10k-labels-idx1-ubyte': '27ae3e4e09519cfbb04c329615203637',
-}
-
-MNIST_MIRRORS = (
-    'https://storage.googleapis.com/cvdf-datasets/mnist/',
-    'https://ossci-datasets.s3.amazonaws.com/mnist/',
-)
+def make_run_folders(config):
+    """The run's checkpoint and TensorBoard folders, or a one-line error when they cannot be made."""
+    for key in ('model_directory', 'log_directory'):
+        try:
+            os.makedirs(run_path(config, key), exist_ok=True)
+        except OSError as error:
+            raise UserError(f'cannot create {run_path(config, key)} ({error.strerror or error}); '
+                            'choose a writable --run_directory')
 
 
-def _read_idx_bytes(folder, name):
-    """Decompressed bytes of `name` from `name.gz` or `name`, or None when neither exists."""
-    for path, opener in ((os.path.join(folder, name + '.gz'), gzip.open), (os.path.join(folder, name), open)):
-        if os.path.exists(path):
-            try:
-                with opener(path, 'rb') as f:
-                    return f.read()
-            except (OSError, EOFError) as error:
-                raise UserError(f'cannot read {path} ({error}); delete it so it is downloaded again, '
-                                f'or replace it with the canonical MNIST file')
-    return None
+# The keys a checkpoint is tied to: another value would not restore, or would be evaluated wrongly.
+ARCHITECTURE_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
+                     'encoder_strides', 'decoder_filters', 'decoder_strides', 'output_head', 'kernel_size',
+                     'likelihood', 'decoder_variance', 'binarize')
 
 
-def _parse_idx(data, name):
-    """Array from the bytes of an IDX file: magic 0 0 type ndim, then big-endian int32 dims, then uint8 data."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UserError(f'{name} is not an unsigned-byte IDX file; replace it with the canonical MNIST file')
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, '>i4', ndim, offset=4))
-    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise UserError(f'{name} holds {array.size} bytes for shape {shape}; replace it with the canonical file')
-    return array.reshape(shape)
-
-
-def download_mnist(folder, mirrors=MNIST_MIRRORS, names=None):
-    """Download the missing MNIST files into folder, each checked before it takes its final name."""
-    from tqdm import tqdm
-    os.makedirs(folder, exist_ok=True)
-    for name in names or MNIST_FILES:
-        errors = []
-        for mirror in mirrors:
-            url = mirror + name + '.gz'
-            temporary = os.path.join(folder, name + '.gz.part')
-            try:
-                with urllib.request.urlopen(url, timeout=30) as response, open(temporary, 'wb') as out:
-                    total = int(response.headers.get('Content-Length') or 0) or None
-                    with tqdm(total=total, unit='B', unit_scale=True, desc=f'downloading {name}.gz') as bar:
-                        while True:
-                            chunk = response.read(1 << 16)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                            bar.update(len(chunk))
-                with gzip.open(temporary, 'rb') as f:
-                    digest = hashlib.md5(f.read()).hexdigest()
-                if digest != MNIST_FILES[name]:
-                    raise OSError(f'checksum {digest} is not the published {MNIST_FILES[name]}')
-                os.replace(temporary, os.path.join(folder, name + '.gz'))
-                break
-            except (OSError, EOFError, ValueError) as error:
-                errors.append(f'{url}: {error}')
-                if os.path.exists(temporary):
-                    os.remove(temporary)
-        else:
-            raise UserError(f'MNIST file {name} is missing from {folder} and could not be downloaded '
-                            f'({"; ".join(errors)}); put the four MNIST IDX files ({", ".join(MNIST_FILES)}, '
-                            f'gzipped or not) in {folder}, or point --data_directory at a folder that has them')
-
-
-def load_mnist(folder, mirrors=MNIST_MIRRORS):
-    """MNIST from the standard IDX files in folder (downloaded there if missing), checksum-verified.
-
-    Returns a dict: train_images (60000, 28, 28, 1) and test_images (10000, 28, 28, 1) float32 in [0, 1],
-    train_labels and test_labels uint8.
-    """
-    missing = [name for name in MNIST_FILES if _read_idx_bytes(folder, name) is None]
-    if missing:
-        download_mnist(folder, mirrors, missing)
-    arrays = {}
-    for name, md5 in MNIST_FILES.items():
-        data = _read_idx_bytes(folder, name)
-        digest = hashlib.md5(data).hexdigest()
-        if digest != md5:
-            raise UserError(f'{os.path.join(folder, name)} has MD5 {digest}, not the published {md5}: the file is '
-                            f'corrupted or not MNIST; delete it so it is downloaded again, or replace it')
-        arrays[name] = _parse_idx(data, name)
-    scale = lambda images: (images[..., None] / np.float32(255)).astype(np.float32)
-    return {
-        'train_images': scale(arrays['train-images-idx3-ubyte']),
-        'train_labels': arrays['train-labels-idx1-ubyte'],
-        'test_images': scale(arrays['t10k-images-idx3-ubyte']),
-        'test_labels': arrays['t10k-labels-idx1-ubyte'],
-    }
-
-
-# ---------------------------------------------------------------- CelebA
-
-CELEBA_HEIGHT, CELEBA_WIDTH = 218, 178  # every img_align_celeba JPEG
-CLOSECROP_BOX = 140                     # 'closecrop': the central 140x140 box
-CELEBA_SPLITS = {'train': (1, 162770), 'validation': (162771, 182637), 'test': (182638, 202599)}
-PARTITION_CODES = {'train': '0', 'validation': '1', 'test': '2'}  # list_eval_partition.txt
-CELEBA_HELP = ('download img_align_celeba.zip (and list_eval_partition.txt) from the CelebA page '
-               'https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, unzip it and point --data_directory at the '
-               'folder of the JPEGs')
-
-
-def resizecrop_height(width):
-    """'resizecrop' first resizes the 178x218 image to this height at the target width (78 for width 64)."""
-    return round(CELEBA_HEIGHT * width / CELEBA_WIDTH)
-
-
-def celeba_split(config, split):
-    """Sorted paths of the split's JPEGs: by list_eval_partition.txt when the folder (or partition_file) has
-    one, else by the official file-number ranges. Missing files are an error naming the first one."""
-    folder = config['data_directory']
-    if not os.path.isdir(folder):
-        raise UserError(f'CelebA folder {folder} does not exist; {CELEBA_HELP}')
-    present = {name for name in os.listdir(folder) if name.lower().endswith('.jpg')}
-    if not present:
-        raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
-    partition = config['partition_file'] or os.path.join(folder, 'list_eval_partition.txt')
-    if os.path.exists(partition):
-        with open(partition) as f:
-            rows = [line.split() for line in f if line.strip()]
-        if any(len(row) != 2 or row[1] not in PARTITION_CODES.values() for row in rows):
-            raise UserError(f'{partition} is not a CelebA partition file (lines "000001.jpg 0"); fix or remove it')
-        wanted = sorted(name for name, code in rows if code == PARTITION_CODES[split])
-        source = partition
-    else:
-        first, last = CELEBA_SPLITS[split]
-        wanted = [f'{number:06d}.jpg' for number in range(first, last + 1)]
-        source = f'the official {split} range {first:06d}.jpg-{last:06d}.jpg'
-    missing = [name for name in wanted if name not in present]
-    if missing or not wanted:
-        raise UserError(f'{folder} has {len(wanted) - len(missing)} of the {len(wanted)} {split} JPEGs of {source} '
-                        f'(first missing: {missing[0] if missing else "none listed"}); {CELEBA_HELP}, or give a '
-                        'list_eval_partition.txt that lists the files you have')
-    return [os.path.join(folder, name) for name in wanted]
-
-
-def check_celeba_file(path):
-    """None if path looks like an intact img_align_celeba JPEG, else what is wrong with it."""
-    try:
-        with Image.open(path) as image:
-            if image.format != 'JPEG':
-                return f'is a {image.format}, not a JPEG'
-            if image.size != (CELEBA_WIDTH, CELEBA_HEIGHT):
-                return f'is {image.size[0]}x{image.size[1]}, not {CELEBA_WIDTH}x{CELEBA_HEIGHT}'
-            if image.mode != 'RGB':
-                return f'is {image.mode} (not RGB colour)'
-        with open(path, 'rb') as f:
-            f.seek(-2, os.SEEK_END)
-            if f.read() != b'\xff\xd9':
-                return 'is truncated (no JPEG end marker)'
-    except (OSError, SyntaxError):
-        return 'cannot be read as an image'
-    return None
-
-
-def check_celeba_files(paths):
-    """Refuse the first bad file (unreadable, truncated, greyscale, wrong size) before any training step."""
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(8) as pool:
-        for path, problem in zip(paths, pool.map(check_celeba_file, paths, chunksize=256)):
-            if problem:
-                raise UserError(f'{path} {problem}; replace it with the original img_align_celeba file, or list '
-                                'only good files in a list_eval_partition.txt')
-
-
-def crop_celeba_pil(path, config):
-    """The original's crop of one CelebA JPEG with PIL, as uint8 (the reference for the tf.data pipeline)."""
-    height, width = config['image_height'], config['image_width']
-    with Image.open(path) as image:
-        image = image.convert('RGB')
-        if config['celebA_crop'] == 'closecrop':
-            top, left = (CELEBA_HEIGHT - CLOSECROP_BOX) // 2, (CELEBA_WIDTH - CLOSECROP_BOX) // 2
-            image = image.crop((left, top, left + CLOSECROP_BOX, top + CLOSECROP_BOX))
-            return np.asarray(image.resize((width, height), Image.LANCZOS))
-        resized = image.resize((width, resizecrop_height(width)), Image.LANCZOS)
-        top = (resizecrop_height(width) - height) // 2
-        return np.asarray(resized)[top:top + height]
-
-
-def celeba_cache_path(config, split, paths):
-    """The cache file of a split: named by the crop, the size and a hash of the file list and sizes, so a
-    changed crop style or file list never reads a stale cache."""
-    digest = hashlib.sha1()
-    for path in paths:
-        digest.update(f'{os.path.basename(path)} {os.path.getsize(path)}\n'.encode())
-    name = (f'{split}_{config["celebA_crop"]}_{config["image_width"]}x{config["image_height"]}_'
-            f'{digest.hexdigest()[:16]}.npy')
-    return os.path.join(config['celebA_cache_directory'], name)
-
-
-def load_dataset(config, decode=None):
-    """The dataset named by config['dataset'], as a dict:
-    train: what the training input pipeline is fed (float images; CelebA: JPEG paths, or the uint8 cache),
-    test_images: float test images (CelebA: the first num_test_images of the test split),
-    grid_images: the 25 fixed images of the training grids (MNIST: test; CelebA: validation),
-    test_labels (MNIST only).
-    decode(paths) -> uint8 crops is the tf.data decoder, passed in by vae.py (CelebA only).
-    """
-    if config['dataset'] == 'MNIST':
-        mnist = load_mnist(config['data_directory'])
-        data = {'train': mnist['train_images'], 'test_images': mnist['test_images'],
-                'grid_images': mnist['test_images'][:25], 'test_labels': mnist['test_labels']}
-    else:
-        splits = {split: celeba_split(config, split) for split in ('train', 'validation', 'test')}
-        splits['train'] = splits['train'][:config['num_train_images'] or None]  # before checking and caching
-        limit = config['num_test_images'] or None
-        check_celeba_files(splits['train'] + splits['validation'][:25] + splits['test'][:limit])
-        to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
-        data = {'train': np.array(splits['train']), 'test_images': to_float(decode(splits['test'][:limit])),
-                'grid_images': to_float(decode(splits['validation'][:25]))}
-        if config['celebA_cache']:
-            data['train'] = load_celeba_cache(config, splits['train'], decode)
-    if config['num_train_images']:
-        data['train'] = data['train'][:config['num_train_images']]
-    if len(data['train']) < config['batch_size']:
-        raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train"])} '
-                        'training images; lower --batch_size')
-    shape = (config['image_height'], config['image_width'], config['image_channels'])
-    if data['test_images'].shape[1:] != shape:
-        raise UserError(f'{config["dataset"]} images are {data["test_images"].shape[1:]} but the config says '
-                        f'{shape}; fix image_height, image_width, image_channels')
-    return data
-
-
-def load_celeba_cache(config, paths, decode, chunk=2048):
-    """The uint8 crops of paths from the cache, built first (with a progress bar) when it does not exist."""
-    from tqdm import tqdm
-    path = celeba_cache_path(config, 'train', paths)
+def check_run_config(config):
+    """Refuse a config whose architecture differs from the one the run folder's checkpoints were trained with."""
+    path = os.path.join(config['run_directory'], 'config.json')
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        shape = (len(paths), config['image_height'], config['image_width'], config['image_channels'])
-        crops = np.empty(shape, np.uint8)
-        with tqdm(total=len(paths), unit='image', desc=f'building {path}') as bar:
-            for start in range(0, len(paths), chunk):
-                crops[start:start + chunk] = decode(paths[start:start + chunk])
-                bar.update(len(paths[start:start + chunk]))
-        with open(path + '.part', 'wb') as f:
-            np.save(f, crops)
-        os.replace(path + '.part', path)
-        return crops
-    return np.load(path)
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and saved[key] != config[key]:
+            raise UserError(
+                f'{config["run_directory"]} was trained with {key}={saved[key]} but the config says {config[key]}; '
+                f'pass --{key} {saved[key]} to use that run, or --fresh (training) for a new run folder')
+
+
+def save_run_config(config):
+    """The run's config.json, replaced whole (written beside it, then renamed)."""
+    path = os.path.join(config['run_directory'], 'config.json')
+    with open(path + '.part', 'w') as f:
+        json.dump(config, f, indent=2)
+    os.replace(path + '.part', path)
+
+
+def latest_checkpoint(config):
+    """(prefix, global step) of the readable checkpoint with the most training steps, or (None, 0).
+
+    TensorFlow renames a checkpoint's .index into place last, so a write cut short leaves no .index; a
+    checkpoint that still cannot be read is skipped with a warning rather than chosen.
+    """
+    model_directory = run_path(config, 'model_directory')
+    for partial in glob.glob(os.path.join(model_directory, '*.tempstate*')):
+        os.remove(partial)  # the remains of a save that was killed; its .index was never written
+    best = (None, 0)
+    for prefix in all_checkpoints(model_directory):
+        try:
+            step = int(tf.train.load_variable(prefix, 'global_step'))
+        except (tf.errors.OpError, ValueError) as error:
+            print(f'warning: skipping unreadable checkpoint {prefix} ({str(error).splitlines()[0]})')
+            continue
+        if best[0] is None or step > best[1]:
+            best = (prefix, step)
+    return best
+
+
+def restore_checkpoint(sess, saver, prefix):
+    """saver.restore after checking that every variable of the graph is in the checkpoint with its shape
+    (the compat.v1 Saver would silently reshape a variable to the checkpoint's shape)."""
+    saved = dict(tf.train.list_variables(prefix))
+    for variable in sess.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES):
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in saved or list(saved[name]) != shape:
+            found = f'shape {list(saved[name])}' if name in saved else 'nothing'
+            raise UserError(f'{prefix} does not fit the configured model: {name} has shape {shape} here but '
+                            f'{found} in the checkpoint; pass the config keys it was trained with')
+    saver.restore(sess, prefix)
 
 
 # ---------------------------------------------------------------- images
@@ -556,3 +333,12 @@ def save_gif(path, frame_paths, duration_ms=400):
     temporary = path + '.part.gif'
     frames[0].save(temporary, save_all=True, append_images=frames[1:], duration=durations, loop=0)
     os.replace(temporary, path)
+
+
+def png_summary(tag, path):
+    """A TensorBoard image summary holding an already written PNG."""
+    with open(path, 'rb') as f:
+        encoded = f.read()
+    width, height = Image.open(io.BytesIO(encoded)).size
+    image = tf1.Summary.Image(encoded_image_string=encoded, height=height, width=width, colorspace=3)
+    return tf1.Summary(value=[tf1.Summary.Value(tag=tag, image=image)])

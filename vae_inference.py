@@ -19,11 +19,13 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+import datasets
+import deploy
 import utils
-import vae  # imports TensorFlow quietly
+import vae
+from utils import UserError
 
-tf = vae.tf
-tf1 = tf.compat.v1
+tf, tf1 = utils.tf, utils.tf1
 
 GRID_COLUMNS = 10        # images per row of the grids
 RECONSTRUCTED_ROWS = 5   # pairs of rows (originals, reconstructions) in reconstructions.png
@@ -39,27 +41,23 @@ def restore(config, checkpoint=None):
     model_directory = utils.run_path(config, 'model_directory')
     checkpoints = utils.list_checkpoints(model_directory)
     if not checkpoints:
-        raise utils.UserError(f'no checkpoint model_<epoch> in {model_directory}; train first with python vae.py '
-                              '(same --dataset / --run_directory)')
+        raise UserError(f'no checkpoint model_<epoch> in {model_directory}; train first with python vae.py '
+                        '(same --dataset / --run_directory)')
     if checkpoint is None:
         checkpoint = max(checkpoints)
     if checkpoint not in checkpoints:
-        raise utils.UserError(f'no checkpoint model_{checkpoint} in {model_directory}; it has epochs '
-                              f'{", ".join(map(str, checkpoints))}')
-    vae.check_run_config(config)
+        raise UserError(f'no checkpoint model_{checkpoint} in {model_directory}; it has epochs '
+                        f'{", ".join(map(str, checkpoints))}')
+    utils.check_run_config(config)
     graph = tf.Graph()
     with graph.as_default():
         outputs = vae.build_inference_graph(config)
-        outputs['k'] = tf1.placeholder(tf.int32, [], name='k')
-        log_likelihood = lambda images, z: vae.log_likelihood(images, vae.decoder(z, config, False), config)
-        outputs['log_weights'] = vae.importance_log_weights(outputs['images'], outputs['z_mean'], outputs['z_std'],
-                                                            log_likelihood, outputs['k'])
         saver = tf1.train.Saver()
     graph.finalize()
-    sess = tf1.Session(graph=graph, config=vae.session_config(config))
+    sess = tf1.Session(graph=graph, config=deploy.session_config(config))
     try:
-        vae.restore_checkpoint(sess, saver, checkpoints[checkpoint])
-    except utils.UserError:
+        utils.restore_checkpoint(sess, saver, checkpoints[checkpoint])
+    except UserError:
         sess.close()
         raise
     print(f'restored {checkpoints[checkpoint]}')
@@ -67,11 +65,11 @@ def restore(config, checkpoint=None):
 
 
 def reconstruct(sess, outputs, images):
-    return sess.run(outputs['reconstruction'], {outputs['images']: images})
+    return sess.run(outputs.reconstruction, {outputs.images: images})
 
 
 def generate(sess, outputs, z):
-    return sess.run(outputs['generation'], {outputs['z']: z})
+    return sess.run(outputs.generation, {outputs.z: z})
 
 
 def interleave_rows(originals, reconstructions, columns):
@@ -101,7 +99,7 @@ def importance_weighted_bound(sess, outputs, images, k):
             log_weights = []
             for done in range(0, k, samples_per_run):
                 chunk = min(samples_per_run, k - done)
-                log_weights.append(sess.run(outputs['log_weights'], {outputs['images']: batch, outputs['k']: chunk}))
+                log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk}))
                 bar.update(chunk * len(batch))
             log_weights = np.concatenate(log_weights).astype(np.float64)
             elbo.append(log_weights.mean(axis=0))
@@ -124,7 +122,7 @@ def nats_to_bits_per_dim(nats, dimensions):
 
 
 def decoder_description(config):
-    pixels = int(np.prod(vae.image_shape(config)))
+    pixels = int(np.prod(utils.image_shape(config)))
     if config['likelihood'] == 'gaussian':
         variance = config['kl_weight'] * pixels / 2
         return f'gaussian, fixed variance sigma^2 = kl_weight * D / 2 = {variance:.4g}'
@@ -136,7 +134,7 @@ def decoder_description(config):
 def evaluate(sess, outputs, config, images, k):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension)."""
     z_means, z_stds, reconstructions = vae.run_in_batches(
-        sess, [outputs['z_mean'], outputs['z_std'], outputs['reconstruction']], outputs['images'], images)
+        sess, [outputs.z_mean, outputs.z_std, outputs.reconstruction], outputs.images, images)
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
     kl = kl_terms(z_means, z_stds).sum(axis=1)
     elbo, iwae = importance_weighted_bound(sess, outputs, images, k)
@@ -185,7 +183,7 @@ def print_metrics(metrics):
 def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
     """rows x (steps + 2): each row a test image, decodes along the line between its posterior mean and the
     next image's, and that image."""
-    z_means = sess.run(outputs['z_mean'], {outputs['images']: images[:2 * rows]})
+    z_means = sess.run(outputs.z_mean, {outputs.images: images[:2 * rows]})
     pictures = []
     for row in range(rows):
         start, end = z_means[2 * row], z_means[2 * row + 1]
@@ -195,13 +193,13 @@ def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
 
 
 def kl_per_dimension(sess, outputs, images):
-    z_mean, z_std = sess.run([outputs['z_mean'], outputs['z_std']], {outputs['images']: images})
+    z_mean, z_std = sess.run([outputs.z_mean, outputs.z_std], {outputs.images: images})
     return kl_terms(z_mean, z_std).mean(axis=0)
 
 
 def traversal_grid(sess, outputs, images, dimensions):
     """One row per latent dimension: the first test image's z_mean with that dimension swept over [-3, 3]."""
-    base = sess.run(outputs['z_mean'], {outputs['images']: images[:1]})[0]
+    base = sess.run(outputs.z_mean, {outputs.images: images[:1]})[0]
     rows = []
     for dimension in dimensions:
         z = np.repeat(base[None], TRAVERSE_STEPS, axis=0)
@@ -281,86 +279,103 @@ def save_training_curves(path, curves, steps_per_epoch):
 
 # ---------------------------------------------------------------- main
 
+def write_grid(config, name, images, rows, columns, title):
+    path = os.path.join(config['run_directory'], name)
+    utils.save_grid(path, images, rows, columns, title=title, value_range=vae.pixel_range(config))
+    print(f'wrote {path}')
+
+
+def write_curves(config):
+    """training_curves.png from the run's TensorBoard logs (no checkpoint needed)."""
+    curves = read_training_curves(utils.run_path(config, 'log_directory'))
+    if 'loss' not in curves:
+        raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
+                        'train first with python vae.py')
+    data = datasets.load_dataset(config)
+    path = os.path.join(config['run_directory'], 'training_curves.png')
+    save_training_curves(path, curves, len(data['train']) // config['batch_size'])
+    print(f'wrote {path}')
+
+
+def write_samples(sess, outputs, config, test_images, epoch):
+    """reconstructions.png and generations.png: what a run looks like at this checkpoint."""
+    originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
+    pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
+    write_grid(config, 'reconstructions.png', pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
+               f'epoch {epoch}: test / reconstruction')
+    samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
+    write_grid(config, 'generations.png', samples, GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of N(0, I)')
+
+
+def write_gif(config):
+    """generations.gif from the op-gen frames training wrote."""
+    frames = utils.epoch_frames(utils.run_path(config, 'gen_directory'))
+    if frames:
+        path = os.path.join(config['run_directory'], 'generations.gif')
+        utils.save_gif(path, [frame for _, frame in frames])
+        print(f'wrote {path} ({len(frames)} frames, epochs {frames[0][0]} to {frames[-1][0]})')
+    else:
+        print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
+
+
+def write_metrics(config, metrics):
+    print_metrics(metrics)
+    path = os.path.join(config['run_directory'], 'metrics.json')
+    with open(path + '.part', 'w') as f:
+        json.dump(metrics, f, indent=2)
+    os.replace(path + '.part', path)
+    print(f'wrote {path}')
+
+
 def main(argv):
     flags = {'checkpoint': -1, 'evaluate': None, 'k': 1000, 'num_test': 0, 'interpolate': None,
              'traverse': None, 'manifold': None, 'scatter': None, 'curves': None}
     config, options = utils.parse_command_line(argv, flags)
     if options['k'] <= 0 or options['num_test'] < 0:
-        raise utils.UserError('--k must be positive and --num_test zero (all) or positive')
+        raise UserError('--k must be positive and --num_test zero (all) or positive')
     if options['manifold'] and config['z_dim'] != 2:
-        raise utils.UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
-                              'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
+        raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
+                        'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
     pictures = [name for name in ('evaluate', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves')
                 if options[name]]
-    run_directory = config['run_directory']
-
-    def write(name, images, rows, columns, title):
-        path = os.path.join(run_directory, name)
-        utils.save_grid(path, images, rows, columns, title=title, value_range=vae.pixel_range(config))
-        print(f'wrote {path}')
-
     if options['curves']:
-        curves = read_training_curves(utils.run_path(config, 'log_directory'))
-        if 'loss' not in curves:
-            raise utils.UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
-                                  'train first with python vae.py')
-        data = vae.load_data(config)
-        path = os.path.join(run_directory, 'training_curves.png')
-        save_training_curves(path, curves, len(data['train']) // config['batch_size'])
-        print(f'wrote {path}')
+        write_curves(config)
         if pictures == ['curves']:
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     with sess:
-        data = vae.load_data(config)
-        test_images = vae.evaluation_images(config, data['test_images'])
+        data = datasets.load_dataset(config)
+        test_images = datasets.evaluation_images(config, data['test_images'])
         if options['num_test']:
             test_images = test_images[:options['num_test']]
         if not pictures:
-            originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
-            pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
-            write('reconstructions.png', pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
-                  f'epoch {epoch}: test / reconstruction')
-            samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
-            write('generations.png', samples, GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of N(0, I)')
+            write_samples(sess, outputs, config, test_images, epoch)
         if options['evaluate']:
-            metrics = {'checkpoint': f'model_{epoch}', **evaluate(sess, outputs, config, test_images, options['k'])}
-            print_metrics(metrics)
-            path = os.path.join(run_directory, 'metrics.json')
-            with open(path + '.part', 'w') as f:
-                json.dump(metrics, f, indent=2)
-            os.replace(path + '.part', path)
-            print(f'wrote {path}')
+            write_metrics(config, {'checkpoint': f'model_{epoch}',
+                                   **evaluate(sess, outputs, config, test_images, options['k'])})
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
-            write('interpolation.png', interpolation_grid(sess, outputs, test_images, rows), rows,
-                  GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
+            write_grid(config, 'interpolation.png', interpolation_grid(sess, outputs, test_images, rows), rows,
+                       GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
         if options['traverse']:
             kl = kl_per_dimension(sess, outputs, test_images[:1000])
             dimensions = np.argsort(-kl)[:TRAVERSE_DIMENSIONS]
-            write('traversal.png', traversal_grid(sess, outputs, test_images, dimensions), len(dimensions),
-                  TRAVERSE_STEPS, f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
+            write_grid(config, 'traversal.png', traversal_grid(sess, outputs, test_images, dimensions),
+                       len(dimensions), TRAVERSE_STEPS,
+                       f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
         if options['manifold']:
-            write('manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
-                  f'epoch {epoch}: 2-D latent manifold')
+            write_grid(config, 'manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
+                       f'epoch {epoch}: 2-D latent manifold')
         if options['scatter']:
-            z_means = vae.run_in_batches(sess, outputs['z_mean'], outputs['images'], test_images)
-            path = os.path.join(run_directory, 'latent_scatter.png')
+            z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
+            path = os.path.join(config['run_directory'], 'latent_scatter.png')
             labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
-            save_scatter(path, z_means, labels,
-                         f'test posterior means, epoch {epoch}')
+            save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')
             print(f'wrote {path}')
+    if not pictures:
+        write_gif(config)
 
-    if pictures:
-        return
-    frames = utils.epoch_frames(utils.run_path(config, 'gen_directory'))
-    if frames:
-        path = os.path.join(run_directory, 'generations.gif')
-        utils.save_gif(path, [frame for _, frame in frames])
-        print(f'wrote {path} ({len(frames)} frames, epochs {frames[0][0]} to {frames[-1][0]})')
-    else:
-        print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
 
 if __name__ == '__main__':
     utils.exit_on_user_error(lambda: main(sys.argv[1:]))

@@ -22,10 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import config as config_module  # noqa: E402
+import deploy  # noqa: E402
 import utils  # noqa: E402
 import vae  # noqa: E402
 
-tf = vae.tf
+tf = utils.tf
 tf1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
@@ -46,7 +47,7 @@ def run_case(workers, extra, args, run_directory):
     command = [sys.executable, os.path.join(ROOT, 'vae.py'), *args, *extra, '--run_directory', run_directory]
     environments = [{}]
     if workers:
-        ports = utils.free_ports(workers + 1)
+        ports = deploy.free_ports(workers + 1)
         cluster = {'ps': [f'127.0.0.1:{ports[0]}'], 'worker': [f'127.0.0.1:{p}' for p in ports[1:]]}
         environments = [{'TF_CONFIG': json.dumps({'cluster': cluster, 'task': {'type': job, 'index': index}})}
                         for job, index in [('ps', 0)] + [('worker', i) for i in range(workers)]]
@@ -78,7 +79,7 @@ def parameter_count(config):
     """Floats in the variables a worker reads every step (weights and batch-norm averages; Adam's slots stay
     on the parameter servers) and, of them, the trainable ones whose gradients it sends back."""
     with tf.Graph().as_default():
-        vae.build_vae(tf1.placeholder(tf.float32, [None, *vae.image_shape(config)]), config, training=True)
+        vae.build_vae(tf1.placeholder(tf.float32, [None, *utils.image_shape(config)]), config, training=True)
         count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
         return count(tf1.global_variables()), count(tf1.trainable_variables())
 

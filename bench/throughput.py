@@ -24,10 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
+import datasets  # noqa: E402
+import deploy  # noqa: E402
 import utils  # noqa: E402
 import vae  # noqa: E402
 
-tf = vae.tf
+tf = utils.tf
 tf1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
@@ -60,7 +62,7 @@ def matmul_gflops(config, n=2048, repeats=20):
         a = tf1.get_variable('a', [n, n], initializer=tf1.random_normal_initializer(seed=1))
         b = tf1.get_variable('b', [n, n], initializer=tf1.random_normal_initializer(seed=2))
         product = tf.reduce_sum(tf.matmul(a, b))
-        with tf1.Session(graph=graph, config=vae.session_config(config)) as sess:
+        with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
             sess.run(tf1.global_variables_initializer())
             sess.run(product)
             times = []
@@ -73,7 +75,7 @@ def matmul_gflops(config, n=2048, repeats=20):
 
 def pil_batch(paths, config):
     """The original's input: one batch of JPEGs opened, cropped and resized with PIL in the training thread."""
-    return np.stack([utils.crop_celeba_pil(path, config) for path in paths]).astype(np.float32) / 127.5 - 1.0
+    return np.stack([datasets.crop_celeba_pil(path, config) for path in paths]).astype(np.float32) / 127.5 - 1.0
 
 
 def time_steps(config, data, mode, repeats, steps):
@@ -86,28 +88,28 @@ def time_steps(config, data, mode, repeats, steps):
     train = data['train']  # what the input pipeline is fed
     batch_size = config['batch_size']
     per_epoch = len(train) // batch_size
-    fetches = [model['train_op'], model['loss'], model['reconstruction_loss'], model['kl']]
+    fetches = [model.train_op, model.endpoints.loss, model.endpoints.reconstruction_loss, model.endpoints.kl]
     state = {'position': per_epoch, 'epoch': 0, 'order': None}
 
     def step():
         if state['position'] == per_epoch:  # a new epoch, as vae.train starts one
             state['epoch'], state['position'] = state['epoch'] + 1, 0
             if mode == 'tf.data':
-                sess.run(model['iterator'].initializer, {model['train_data']: train,
-                                                         model['shuffle_seed']: state['epoch']})
+                sess.run(model.input.iterator.initializer, {model.input.train_data: train,
+                                                            model.input.shuffle_seed: state['epoch']})
             state['order'] = np.random.RandomState(state['epoch']).permutation(len(train))
         if mode == 'tf.data':
             sess.run(fetches)
         else:
             position = state['position']
             chosen = train[state['order'][position * batch_size:(position + 1) * batch_size]]
-            sess.run(fetches, {model['images']: pil_batch(chosen, config) if config['dataset'] == 'celebA'
+            sess.run(fetches, {model.images: pil_batch(chosen, config) if config['dataset'] == 'celebA'
                                else chosen})
         state['position'] += 1
 
     rates = []
-    with tf1.Session(graph=graph, config=vae.session_config(config)) as sess:
-        sess.run(model['init'])
+    with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
+        sess.run(model.init)
         for _ in range(min(20, steps)):  # graph optimisation, thread pools and allocations settle
             step()
         for _ in range(repeats):
@@ -127,16 +129,17 @@ def time_input(config, data, mode, images=2048):
             pil_batch(paths[i:i + config['batch_size']], config)
         return len(paths) / (time.perf_counter() - start)
     with tf.Graph().as_default() as graph:
-        placeholders, iterator, batch = vae.input_pipeline(config)
+        training_input = datasets.input_pipeline(config)
     graph.finalize()
-    with tf1.Session(graph=graph, config=vae.session_config(config)) as sess:
+    with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
         train = np.concatenate([data['train']] * -(-images // len(data['train'])))[:images]
-        sess.run(iterator.initializer, {placeholders['train_data']: train, placeholders['shuffle_seed']: 0})
-        sess.run(batch)  # start-up (the shuffle buffer, the threads) is not the rate
+        sess.run(training_input.iterator.initializer, {training_input.train_data: train,
+                                                       training_input.shuffle_seed: 0})
+        sess.run(training_input.images)  # start-up (the shuffle buffer, the threads) is not the rate
         start, count = time.perf_counter(), 0
         while True:
             try:
-                sess.run(batch)
+                sess.run(training_input.images)
                 count += config['batch_size']
             except tf.errors.OutOfRangeError:
                 return count / (time.perf_counter() - start)
@@ -157,9 +160,9 @@ def run_case(config, options):
     if mode.startswith('input-'):
         cached = mode == 'input-cache'
         config = {**config, 'celebA_cache': cached}
-        result = {'rate': time_input(config, vae.load_data(config), 'pil' if mode == 'input-pil' else 'tf.data')}
+        result = {'rate': time_input(config, datasets.load_dataset(config), 'pil' if mode == 'input-pil' else 'tf.data')}
     else:
-        result = {'rates': time_steps(config, vae.load_data(config), mode, options['repeats'], options['steps'])}
+        result = {'rates': time_steps(config, datasets.load_dataset(config), mode, options['repeats'], options['steps'])}
     result['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -182,7 +185,7 @@ def main(argv):
         argv = ['--data_directory', folder, '--celebA_cache_directory', os.path.join(folder, '..', 'cache')] + argv
     config, options = utils.parse_command_line(argv, flags)
     if not options['steps']:
-        options['steps'] = 4 if celeba else len(vae.load_data(config)['train']) // config['batch_size']
+        options['steps'] = 4 if celeba else len(datasets.load_dataset(config)['train']) // config['batch_size']
         argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
         return run_case(config, options)

@@ -24,8 +24,8 @@ def tiny_config(run_directory, *extra):
 
 @pytest.fixture(scope='session')
 def mnist():
-    import utils
-    return utils.load_mnist(MNIST_DIR)
+    import datasets
+    return datasets.load_mnist(MNIST_DIR)
 
 
 def subset(mnist, train, test=100):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+import datasets
 import utils
-import vae
 from conftest import ROOT, run_script
 
 # Reduced widths: the CelebA layer structure (5x5 kernels, strides 2,2,2,1, conv + tanh head) in a few seconds.
@@ -60,7 +60,7 @@ def celeba_config(folder, *extra):
 
 def test_split_by_partition_file(celeba):
     config = celeba_config(celeba)
-    splits = {split: utils.celeba_split(config, split) for split in ('train', 'validation', 'test')}
+    splits = {split: datasets.celeba_split(config, split) for split in ('train', 'validation', 'test')}
     assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [30, 5, 5]
     assert os.path.basename(splits['validation'][0]) == '000031.jpg'
     assert os.path.basename(splits['test'][-1]) == '000040.jpg'
@@ -68,44 +68,44 @@ def test_split_by_partition_file(celeba):
 
 def test_split_by_file_number(tmp_path, monkeypatch):
     make_celeba(tmp_path, count=12, partition=None)
-    monkeypatch.setattr(utils, 'CELEBA_SPLITS', {'train': (1, 8), 'validation': (9, 10), 'test': (11, 12)})
+    monkeypatch.setattr(datasets, 'CELEBA_SPLITS', {'train': (1, 8), 'validation': (9, 10), 'test': (11, 12)})
     config = celeba_config(tmp_path)
-    assert [os.path.basename(p) for p in utils.celeba_split(config, 'validation')] == ['000009.jpg', '000010.jpg']
-    assert len(utils.celeba_split(config, 'train')) == 8
+    assert [os.path.basename(p) for p in datasets.celeba_split(config, 'validation')] == ['000009.jpg', '000010.jpg']
+    assert len(datasets.celeba_split(config, 'train')) == 8
     os.remove(tmp_path / '000004.jpg')
     with pytest.raises(utils.UserError, match='has 7 of the 8 train JPEGs .*first missing: 000004.jpg'):
-        utils.celeba_split(config, 'train')
+        datasets.celeba_split(config, 'train')
 
 
 def test_the_real_split_ranges_need_the_real_folder(celeba):
     config = celeba_config(celeba, '--partition_file', str(celeba / 'nonexistent.txt'))
     with pytest.raises(utils.UserError, match=r'has 40 of the 162770 train JPEGs of the official train range '
                                               r'000001.jpg-162770.jpg \(first missing: 000041.jpg\); download'):
-        utils.celeba_split(config, 'train')
+        datasets.celeba_split(config, 'train')
 
 
 @pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
 def test_crops_match_pil_within_two_grey_levels(celeba, crop):
     config = celeba_config(celeba, '--celebA_crop', crop)
-    paths = utils.celeba_split(config, 'train')[:10]
-    crops = vae.decode_celeba_files(paths, config)
-    reference = np.stack([utils.crop_celeba_pil(path, config) for path in paths])
+    paths = datasets.celeba_split(config, 'train')[:10]
+    crops = datasets.decode_celeba_files(paths, config)
+    reference = np.stack([datasets.crop_celeba_pil(path, config) for path in paths])
     assert crops.shape == reference.shape == (10, 64, 64, 3)
     assert np.abs(crops.astype(float) - reference).mean() < 2
     other = 'resizecrop' if crop == 'closecrop' else 'closecrop'
-    wrong = np.stack([utils.crop_celeba_pil(path, {**config, 'celebA_crop': other}) for path in paths])
+    wrong = np.stack([datasets.crop_celeba_pil(path, {**config, 'celebA_crop': other}) for path in paths])
     assert np.abs(crops.astype(float) - wrong).mean() > 10  # the comparison can tell the crops apart
 
 
 def test_training_input_is_in_minus_one_to_one(celeba):
     config = celeba_config(celeba)
-    data = vae.load_data(config)
-    with vae.tf.Graph().as_default():
-        placeholders, iterator, images = vae.input_pipeline(config)
-        with vae.tf1.Session() as sess:
-            sess.run(iterator.initializer, {placeholders['train_data']: data['train'],
-                                            placeholders['shuffle_seed']: 0})
-            batch = sess.run(images)
+    data = datasets.load_dataset(config)
+    with utils.tf.Graph().as_default():
+        training_input = datasets.input_pipeline(config)
+        with utils.tf1.Session() as sess:
+            sess.run(training_input.iterator.initializer, {training_input.train_data: data['train'],
+                                                           training_input.shuffle_seed: 0})
+            batch = sess.run(training_input.images)
     assert batch.shape == (8, 64, 64, 3)
     assert -1 <= batch.min() < -0.9 and 0.9 < batch.max() <= 1
     assert data['test_images'].shape == (5, 64, 64, 3) and data['grid_images'].shape == (5, 64, 64, 3)
@@ -116,22 +116,22 @@ def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path)
     make_celeba(folder)
     cache = tmp_path / 'cache'
     config = celeba_config(folder, '--celebA_cache', 'true', '--celebA_cache_directory', str(cache))
-    data = vae.load_data(config)
+    data = datasets.load_dataset(config)
     files = sorted(os.listdir(cache))
     assert len(files) == 1 and files[0].startswith('train_closecrop_64x64_')
     assert data['train'].dtype == np.uint8 and data['train'].shape == (30, 64, 64, 3)
-    expected = vae.decode_celeba_files(utils.celeba_split(config, 'train'), config)
+    expected = datasets.decode_celeba_files(datasets.celeba_split(config, 'train'), config)
     assert np.array_equal(data['train'], expected)
     built = os.path.getmtime(cache / files[0])
-    assert np.array_equal(vae.load_data(config)['train'], expected)
+    assert np.array_equal(datasets.load_dataset(config)['train'], expected)
     assert os.path.getmtime(cache / files[0]) == built  # reused, not rebuilt
-    vae.load_data({**config, 'celebA_crop': 'resizecrop'})
+    datasets.load_dataset({**config, 'celebA_crop': 'resizecrop'})
     assert len(os.listdir(cache)) == 2
     with open(folder / 'list_eval_partition.txt') as f:
         lines = f.readlines()
     with open(folder / 'list_eval_partition.txt', 'w') as f:
         f.writelines(lines[1:])  # one training file fewer
-    assert len(vae.load_data(config)['train']) == 29
+    assert len(datasets.load_dataset(config)['train']) == 29
     assert len(os.listdir(cache)) == 3
 
 
@@ -172,7 +172,7 @@ def test_a_bad_jpeg_is_refused_by_name(tmp_path, kind, message):
 def test_an_empty_folder_says_how_to_get_celeba(tmp_path):
     config = celeba_config(tmp_path)
     with pytest.raises(utils.UserError, match=f'no JPEGs in {tmp_path}; download img_align_celeba.zip'):
-        vae.load_data(config)
+        datasets.load_dataset(config)
 
 
 def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
@@ -186,7 +186,7 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     with Image.open(run / 'op-real' / 'epoch_0000.png') as grid:
         real = np.asarray(grid)[16:]
     config = celeba_config(celeba)
-    first = utils.crop_celeba_pil(utils.celeba_split(config, 'validation')[0], config)
+    first = datasets.crop_celeba_pil(datasets.celeba_split(config, 'validation')[0], config)
     upscaled = np.asarray(Image.fromarray(first).resize((128, 128), Image.NEAREST))
     assert np.abs(real[:128, :128].astype(float) - upscaled).mean() < 2  # [-1, 1] mapped back to [0, 255]
     result = run_script('vae_inference.py', *args, '--evaluate', '--k', '5')

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import deploy
 import utils
 import vae
 import vae_inference
@@ -47,7 +48,7 @@ def test_two_towers_train_like_one_and_restore_on_one_device(tmp_path, mnist):
 def test_towers_need_devices_and_a_batch_they_divide(tmp_path):
     with pytest.raises(utils.UserError, match='num_clones=2 towers need 2 GPUs but 0 are visible; pass '
                                               '--clone_on_cpu true'):
-        vae.tower_devices(tiny_config(tmp_path, '--num_clones', '2'))
+        deploy.tower_devices(tiny_config(tmp_path, '--num_clones', '2'))
     with pytest.raises(utils.UserError, match='num_clones must be >= 1 and divide batch_size 64'):
         tiny_config(tmp_path, '--num_clones', '3')
 
@@ -85,7 +86,7 @@ def processes():
 
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes, sync):
-    ps, worker0, worker1 = utils.free_ports(3)
+    ps, worker0, worker1 = deploy.free_ports(3)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}', f'127.0.0.1:{worker1}']}
     run, logs = tmp_path / 'run', {name: tmp_path / f'{name}.log' for name in ('ps', 'chief', 'worker1', 'again')}
     extra = ['--sync_replicas', sync]
@@ -122,7 +123,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
 
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there(tmp_path, processes, sync):
-    ps, worker0 = utils.free_ports(2)
+    ps, worker0 = deploy.free_ports(2)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}']}
     run, log, extra = tmp_path / 'run', tmp_path / 'chief.log', ['--sync_replicas', sync]
     processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps.log', *extra))
@@ -159,15 +160,15 @@ def cluster_config(monkeypatch, tf_config=None, *extra):
 
 
 def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
-    assert utils.cluster_from_config(cluster_config(monkeypatch)) is None  # one process by default
+    assert deploy.cluster_from_config(cluster_config(monkeypatch)) is None  # one process by default
     tf_config = {'cluster': {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}, 'task': {'type': 'worker', 'index': 1}}
     config = cluster_config(monkeypatch, json.dumps(tf_config))
-    assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
+    assert deploy.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
     keys = ('worker_replicas', 'num_ps_tasks', 'job_name', 'task')
     assert [config[key] for key in keys] == [2, 1, 'worker', 1]
     config = cluster_config(monkeypatch, None, '--worker_replicas', '2', '--num_ps_tasks', '1', '--ps_hosts', 'a:1',
                             '--worker_hosts', 'b:2,c:3', '--job_name', 'ps')
-    assert utils.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
+    assert deploy.cluster_from_config(config) == {'ps': ['a:1'], 'worker': ['b:2', 'c:3']}
 
 
 @pytest.mark.parametrize('tf_config, extra, message', [
@@ -183,7 +184,7 @@ def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
 ])
 def test_a_wrong_cluster_is_refused_with_the_fix(monkeypatch, tf_config, extra, message):
     with pytest.raises(utils.UserError, match=message):
-        utils.cluster_from_config(cluster_config(monkeypatch, tf_config, *extra))
+        deploy.cluster_from_config(cluster_config(monkeypatch, tf_config, *extra))
 
 
 def test_a_busy_port_is_a_one_line_error(tmp_path):

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+import datasets
 import utils
 from conftest import MNIST_DIR
 
@@ -21,14 +22,14 @@ def test_load_mnist_reads_the_real_files(mnist):
 
 
 def test_load_mnist_reads_uncompressed_files(tmp_path):
-    for name in utils.MNIST_FILES:
+    for name in datasets.MNIST_FILES:
         with gzip.open(os.path.join(MNIST_DIR, name + '.gz'), 'rb') as f:
             (tmp_path / name).write_bytes(f.read())
-    assert utils.load_mnist(str(tmp_path), mirrors=())['test_images'].shape == (10000, 28, 28, 1)
+    assert datasets.load_mnist(str(tmp_path), mirrors=())['test_images'].shape == (10000, 28, 28, 1)
 
 
 def copy_mnist(folder):
-    for name in utils.MNIST_FILES:
+    for name in datasets.MNIST_FILES:
         shutil.copy(os.path.join(MNIST_DIR, name + '.gz'), folder)
 
 
@@ -39,7 +40,7 @@ def test_load_mnist_rejects_a_corrupted_file(tmp_path):
     data[100] = (data[100] + 1) % 10  # one wrong label
     path.write_bytes(gzip.compress(bytes(data)))
     with pytest.raises(utils.UserError, match='t10k-labels-idx1-ubyte has MD5 .* not the published'):
-        utils.load_mnist(str(tmp_path), mirrors=())
+        datasets.load_mnist(str(tmp_path), mirrors=())
 
 
 def test_load_mnist_rejects_a_truncated_file(tmp_path):
@@ -47,28 +48,28 @@ def test_load_mnist_rejects_a_truncated_file(tmp_path):
     path = tmp_path / 'train-images-idx3-ubyte.gz'
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(utils.UserError, match='cannot read .*train-images-idx3-ubyte.gz'):
-        utils.load_mnist(str(tmp_path), mirrors=())
+        datasets.load_mnist(str(tmp_path), mirrors=())
 
 
 def test_missing_files_are_downloaded_and_verified(tmp_path):
     mirror = pathlib.Path(MNIST_DIR).resolve().as_uri() + '/'
     folder = tmp_path / 'mnist'
-    data = utils.load_mnist(str(folder), mirrors=('file:///nonexistent/mirror/', mirror))
+    data = datasets.load_mnist(str(folder), mirrors=('file:///nonexistent/mirror/', mirror))
     assert data['train_images'].shape == (60000, 28, 28, 1)
-    assert sorted(os.listdir(folder)) == sorted(name + '.gz' for name in utils.MNIST_FILES)
+    assert sorted(os.listdir(folder)) == sorted(name + '.gz' for name in datasets.MNIST_FILES)
 
 
 def test_a_download_with_the_wrong_checksum_is_not_kept(tmp_path):
     mirror = tmp_path / 'bad_mirror'
     mirror.mkdir()
-    for name in utils.MNIST_FILES:
+    for name in datasets.MNIST_FILES:
         (mirror / (name + '.gz')).write_bytes(gzip.compress(b'not mnist'))
     folder = tmp_path / 'mnist'
     with pytest.raises(utils.UserError, match='could not be downloaded .*checksum'):
-        utils.load_mnist(str(folder), mirrors=(mirror.as_uri() + '/',))
+        datasets.load_mnist(str(folder), mirrors=(mirror.as_uri() + '/',))
     assert os.listdir(folder) == []
 
 
 def test_offline_and_missing_says_where_to_put_the_files(tmp_path):
     with pytest.raises(utils.UserError, match=f'put the four MNIST IDX files .* in {tmp_path}'):
-        utils.load_mnist(str(tmp_path), mirrors=('file:///nonexistent/mirror/',))
+        datasets.load_mnist(str(tmp_path), mirrors=('file:///nonexistent/mirror/',))

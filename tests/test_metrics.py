@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import datasets
 import utils
 import vae
 import vae_inference
@@ -106,9 +107,9 @@ def test_other_likelihoods_train_on_their_negative_elbo(tmp_path, mnist, likelih
     if likelihood == 'gaussian_learned':
         return
     assert 100 < losses[0] < 544  # nats per image: below the 784 ln 2 of coin flips
-    binarised = vae.evaluation_images(config, mnist['test_images'][:100])
+    binarised = datasets.evaluation_images(config, mnist['test_images'][:100])
     assert set(np.unique(binarised)) == {0.0, 1.0}
-    assert np.array_equal(binarised, vae.evaluation_images(config, mnist['test_images'][:100]))
+    assert np.array_equal(binarised, datasets.evaluation_images(config, mnist['test_images'][:100]))
 
 
 FAST_2D = TINY + ['--z_dim', '2', '--batch_size', '1000', '--num_epoch', '2', '--save_every', '1']

@@ -32,7 +32,7 @@ def test_layer_shapes_of_the_mnist_model():
             sess.run(tf1.global_variables_initializer())
             batch = np.random.RandomState(0).rand(3, 28, 28, 1).astype(np.float32)
             z_mean, z_std, reconstruction = sess.run(
-                [model['z_mean'], model['z_std'], model['reconstruction']], {images: batch})
+                [model.z_mean, model.z_std, model.reconstruction], {images: batch})
     assert z_mean.shape == z_std.shape == (3, 16)
     assert (z_std > 0).all()
     assert reconstruction.shape == (3, 28, 28, 1)
@@ -71,14 +71,14 @@ def test_restored_checkpoint_reproduces_reconstructions_bit_for_bit(tmp_path, mn
         model = vae.build_training_graph(config)
     graph.finalize()
     with tf1.Session(graph=graph) as sess:
-        sess.run(model['init'])
-        sess.run(model['iterator'].initializer, {model['train_data']: data['train'], model['shuffle_seed']: 0})
+        sess.run(model.init)
+        sess.run(model.input.iterator.initializer, {model.input.train_data: data['train'], model.input.shuffle_seed: 0})
         for _ in range(10):  # move the weights and the batch-norm moving averages away from their initial values
-            sess.run(model['train_op'])
-        inference = model['inference']
-        before = sess.run(inference['reconstruction'], {inference['images']: images})
+            sess.run(model.train_op)
+        inference = model.inference
+        before = sess.run(inference.reconstruction, {inference.images: images})
         os.makedirs(tmp_path / 'run' / 'models')
-        model['saver'].save(sess, f'{tmp_path}/run/models/model_3', write_meta_graph=False)
+        model.saver.save(sess, f'{tmp_path}/run/models/model_3', write_meta_graph=False)
     sess, outputs, epoch = vae_inference.restore(config)
     with sess:
         after = vae_inference.reconstruct(sess, outputs, images)

@@ -6,6 +6,7 @@ import re
 import pytest
 from PIL import Image
 
+import datasets
 import utils
 from conftest import MNIST_DIR, TINY, run_script
 
@@ -139,9 +140,9 @@ def test_an_unwritable_run_folder_fails_clearly(tmp_path):
 def test_a_batch_larger_than_the_training_set_is_refused():
     config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001'])
     with pytest.raises(utils.UserError, match='batch_size 60001 is larger than the 60000 training images'):
-        utils.load_dataset(config)
+        datasets.load_dataset(config)
 
 
 def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
     with pytest.raises(utils.UserError, match=f'missing from {tmp_path}/nowhere .* put the four MNIST IDX files'):
-        utils.load_mnist(str(tmp_path / 'nowhere'), mirrors=('file:///nonexistent/',))
+        datasets.load_mnist(str(tmp_path / 'nowhere'), mirrors=('file:///nonexistent/',))

@@ -1,0 +1,269 @@
+"""Several devices and several machines, in the spirit of TF-slim's deployment/model_deploy.py.
+
+Towers: clones of the model on num_clones devices, each on its share of the batch, their gradients averaged into
+one update. A parameter-server cluster: this process's server, the variables placed on the parameter servers,
+SyncReplicasOptimizer, and the MonitoredTrainingSession a worker trains in. Also the session of a single process,
+so that vae.train runs the same loop in either (a TrainingSession).
+"""
+import collections
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+
+import utils
+from utils import UserError
+
+tf, tf1 = utils.tf, utils.tf1
+
+
+def session_config(config):
+    threads = config['num_threads']
+    # clone_on_cpu towers each need a CPU device of their own: /cpu:0 ... /cpu:<num_clones - 1>.
+    cpus = config['num_clones'] if config['clone_on_cpu'] else 1
+    return tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads,
+                           device_count={'CPU': cpus}, allow_soft_placement=True)
+
+
+# ---------------------------------------------------------------- towers
+
+VARIABLE_OPS = ('Variable', 'VariableV2', 'VarHandleOp')
+
+
+def tower_devices(config):
+    """The device of each tower: the GPUs in order, or CPU devices with clone_on_cpu ('' = TensorFlow's choice)."""
+    count = config['num_clones']
+    if config['clone_on_cpu']:
+        return [f'/cpu:{i}' for i in range(count)]
+    if count == 1:
+        return ['']
+    gpus = len(tf.config.list_physical_devices('GPU'))
+    if count > gpus:
+        raise UserError(f'num_clones={count} towers need {count} GPUs but {gpus} are visible; pass '
+                        f'--clone_on_cpu true to put them on CPU devices, or --num_clones {max(gpus, 1)}')
+    return [f'/gpu:{i}' for i in range(count)]
+
+
+def on_device(device):
+    """A device function: ops on `device`, variables left to the enclosing placement (the parameter servers,
+    or TensorFlow's default device), so every tower shares one copy of each variable."""
+    return lambda op: '' if op.type in VARIABLE_OPS else device
+
+
+def merge_towers(towers):
+    """The towers' endpoints (namedtuples of one type) as one: scalars averaged (each tower's loss is a mean over
+    an equal share of the batch, so this is the mean over the whole batch), per-image tensors concatenated in batch
+    order."""
+    if len(towers) == 1:
+        return towers[0]
+    merge = lambda values: tf.add_n(values) / len(values) if values[0].shape.ndims == 0 else tf.concat(values, 0)
+    return type(towers[0])(*[merge(list(values)) for values in zip(*towers)])
+
+
+def average_gradients(tower_gradients):
+    """[(gradient, variable)] averaged over towers: the gradient of the whole-batch mean loss."""
+    if len(tower_gradients) == 1:
+        return tower_gradients[0]
+    return [(tf.add_n([gradients[i][0] for gradients in tower_gradients]) / len(tower_gradients), variable)
+            for i, (_, variable) in enumerate(tower_gradients[0])]
+
+
+def create_clones(config, images, model_fn, optimizer):
+    """In-graph replication: model_fn(share) on each tower's device and share of the batch (a namedtuple with a
+    `loss`). Returns (the towers' endpoints merged, the gradients of the whole-batch loss) for one update."""
+    towers, tower_gradients = [], []
+    devices = tower_devices(config)
+    for i, (device, share) in enumerate(zip(devices, tf.split(images, len(devices)))):
+        with tf1.device(on_device(device)), tf1.name_scope(f'tower{i}'):
+            towers.append(model_fn(share))
+            tower_gradients.append(optimizer.compute_gradients(towers[-1].loss))
+    return merge_towers(towers), average_gradients(tower_gradients)
+
+
+# ---------------------------------------------------------------- cluster
+
+def free_ports(count):
+    """count TCP ports on 127.0.0.1 that were free a moment ago (for loopback clusters: tests, benchmark)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def cluster_from_config(config):
+    """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process.
+
+    TF_CONFIG (the standard {"cluster": {...}, "task": {"type": ..., "index": ...}} variable), when set, gives the
+    cluster and this process's job and task, and overrides those config keys; otherwise ps_hosts and worker_hosts
+    do, and must list num_ps_tasks and worker_replicas addresses.
+    """
+    if os.environ.get('TF_CONFIG'):
+        try:
+            tf_config = json.loads(os.environ['TF_CONFIG'])
+            cluster = {job: list(tf_config['cluster'].get(job, [])) for job in ('ps', 'worker')}
+            config['job_name'], config['task'] = tf_config['task']['type'], int(tf_config['task']['index'])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UserError(f'TF_CONFIG is not a cluster ({type(error).__name__}: {error}); set it like '
+                            '{"cluster": {"ps": ["host:port"], "worker": ["host:port", ...]}, '
+                            '"task": {"type": "worker", "index": 0}}')
+        config['ps_hosts'], config['worker_hosts'] = cluster['ps'], cluster['worker']
+        config['num_ps_tasks'], config['worker_replicas'] = len(cluster['ps']), len(cluster['worker'])
+    if config['worker_replicas'] < 1 or config['num_ps_tasks'] < 0:
+        raise UserError(f'worker_replicas must be >= 1 and num_ps_tasks >= 0, got {config["worker_replicas"]} and '
+                        f'{config["num_ps_tasks"]}')
+    if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
+        return None
+    if config['num_ps_tasks'] == 0:
+        raise UserError(f'worker_replicas={config["worker_replicas"]} share their variables through parameter '
+                        'servers; pass --num_ps_tasks 1 (or more) and their --ps_hosts')
+    for job, hosts, count in (('ps', 'ps_hosts', 'num_ps_tasks'), ('worker', 'worker_hosts', 'worker_replicas')):
+        if len(config[hosts]) != config[count]:
+            raise UserError(f'{count}={config[count]} but {hosts} lists {len(config[hosts])} addresses '
+                            f'({",".join(config[hosts]) or "none"}); pass --{hosts} host:port,... with one per '
+                            f'{job} task, or set TF_CONFIG')
+    if config['job_name'] not in ('ps', 'worker'):
+        raise UserError(f'job_name must be ps or worker, got {config["job_name"]!r}; fix --job_name or TF_CONFIG')
+    size = len(config[config['job_name'] + '_hosts'])
+    if not 0 <= config['task'] < size:
+        raise UserError(f'task {config["task"]} is not in the {size} {config["job_name"]} tasks of the cluster; '
+                        f'pass --task 0..{size - 1}')
+    return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
+
+
+def images_per_update(config, cluster):
+    """Images in one update of the weights: a synchronous cluster averages a batch from every worker."""
+    return config['batch_size'] * (len(cluster['worker']) if cluster and config['sync_replicas'] else 1)
+
+
+def variable_placement(config, cluster):
+    """Where the training graph is built: on a cluster worker, variables on the parameter servers (round robin)
+    and ops on this worker; in one process, TensorFlow's default placement."""
+    if not cluster:
+        return contextlib.nullcontext()
+    return tf1.device(tf1.train.replica_device_setter(ps_tasks=len(cluster['ps']), cluster=cluster,
+                                                      worker_device=f'/job:worker/task:{config["task"]}'))
+
+
+def replicated_optimizer(optimizer, config, cluster):
+    """With synchronous replicas, each update waits for a gradient from every worker and applies their mean."""
+    if not (cluster and config['sync_replicas']):
+        return optimizer
+    workers = len(cluster['worker'])
+    return tf1.train.SyncReplicasOptimizer(optimizer, replicas_to_aggregate=workers, total_num_replicas=workers)
+
+
+def start_server(config, cluster):
+    """This process's tf1.train.Server in the cluster (TensorFlow's gRPC runtime)."""
+    tf1.logging.set_verbosity(tf1.logging.ERROR)  # compat.v1's deprecation notices would bury the progress lines
+    job, task = config['job_name'], config['task']
+    address = cluster[job][task]
+    try:
+        with utils.silence_stderr():
+            return tf1.train.Server(tf1.train.ClusterSpec(cluster), job_name=job, task_index=task,
+                                    config=session_config(config))
+    except (tf.errors.OpError, ValueError) as error:
+        raise UserError(f'cannot start {job} task {task} on {address} ({str(error).splitlines()[0]}); is the '
+                        f'port in use, or the address not this machine\'s? fix --{job}_hosts or TF_CONFIG')
+
+
+def finished_queues(cluster):
+    """A queue on each parameter server that every worker puts its task number in when it is done."""
+    queues = []
+    for task in range(len(cluster['ps'])):
+        with tf1.device(f'/job:ps/task:{task}'):
+            queues.append(tf1.FIFOQueue(len(cluster['worker']), tf.int32, shapes=[[]],
+                                        shared_name=f'finished_workers_{task}'))
+    return queues
+
+
+def serve_parameters(config, cluster):
+    """A parameter server: hold the variables placed here until every worker has put itself in the queue."""
+    server = start_server(config, cluster)
+    with tf.Graph().as_default():
+        wait = finished_queues(cluster)[config['task']].dequeue_many(len(cluster['worker']))
+        print(f'parameter server {config["task"]} serving on {cluster["ps"][config["task"]]}; it exits when all '
+              f'{len(cluster["worker"])} workers have finished', flush=True)
+        with tf1.Session(server.target) as sess:
+            sess.run(wait)
+    print(f'parameter server {config["task"]}: every worker finished')
+
+
+def ignore_cancelled_queue_runner():
+    """The chief's gradient queue runner is still waiting for the next gradients when its session closes at the
+    end; closing cancels that wait, which is how it ends, not an error to print."""
+    default = threading.excepthook
+    threading.excepthook = lambda args: None if issubclass(args.exc_type, tf.errors.CancelledError) else default(args)
+
+
+# ---------------------------------------------------------------- sessions
+
+# What the training loop needs of a session: run(fetches) for a training step (through the hooks, on a cluster),
+# raw(fn) to call fn(tf_session) outside them (saves, summaries: not training steps), should_stop().
+TrainingSession = collections.namedtuple('TrainingSession', 'run raw should_stop')
+
+
+@contextlib.contextmanager
+def local_session(config, graph, model, checkpoint):
+    """One process: a plain session, restored from checkpoint (shape-checked) or freshly initialised."""
+    graph.finalize()  # a training loop that adds ops would leak memory every step: forbid it
+    with tf1.Session(graph=graph, config=session_config(config)) as sess:
+        if checkpoint:
+            utils.restore_checkpoint(sess, model.saver, checkpoint)
+        else:
+            sess.run(model.init)
+        yield TrainingSession(sess.run, lambda fn: fn(sess), lambda: False)
+
+
+@contextlib.contextmanager
+def cluster_session(config, cluster, server, graph, model, checkpoint, last_step, input_feed):
+    """A cluster worker: a MonitoredTrainingSession on this worker's server. The chief (worker 0) initialises or
+    restores the variables on the parameter servers; the others wait for it, then join. With sync_replicas the
+    chief also runs the gradient queue and, at the end, hands every worker a last token so none waits forever.
+    When the session ends, this worker tells each parameter server that it has finished."""
+    task, workers = config['task'], len(cluster['worker'])
+    chief = task == 0
+    # This worker's sessions see only the parameter servers and itself, not wait for the other workers.
+    worker_config = session_config(config)
+    worker_config.device_filters.extend(['/job:ps', f'/job:worker/task:{task}'])
+    with graph.as_default():
+        finished = tf.group([queue.enqueue(task) for queue in finished_queues(cluster)])
+        uninitialized = None if chief else tf1.report_uninitialized_variables(tf1.global_variables())
+        # Synchronous: no tokens at the start, so the first update waits for a gradient from every worker.
+        hooks = [model.optimizer.make_session_run_hook(chief, num_tokens=0)] if config['sync_replicas'] else []
+        release_workers = model.optimizer.get_init_tokens_op(workers) if chief and config['sync_replicas'] \
+            else tf.no_op()
+        scaffold = tf1.train.Scaffold(
+            init_op=model.init, saver=model.saver,
+            local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), model.input.iterator.initializer),
+            local_init_feed_dict=input_feed)
+    if checkpoint:  # MonitoredTrainingSession restores the one the state file names: make it this one
+        tf1.train.update_checkpoint_state(utils.run_path(config, 'model_directory'), checkpoint)
+    hooks.append(tf1.train.StopAtStepHook(last_step=last_step))
+    if not chief:  # poll for the chief's initialisation each second (the session's own wait polls every 30 s)
+        with tf1.Session(server.target, graph=graph, config=worker_config) as sess:
+            while len(sess.run(uninitialized)):
+                time.sleep(1)
+    ignore_cancelled_queue_runner()
+    try:
+        with graph.as_default(), tf1.train.MonitoredTrainingSession(
+                master=server.target, is_chief=chief, scaffold=scaffold, hooks=hooks, config=worker_config,
+                checkpoint_dir=utils.run_path(config, 'model_directory') if chief else None,
+                save_checkpoint_secs=None, save_checkpoint_steps=None, save_summaries_steps=None,
+                save_summaries_secs=None, log_step_count_steps=None, stop_grace_period_secs=2) as sess:
+            raw = lambda fn: sess.run_step_fn(lambda step_context: fn(step_context.session))
+            yield TrainingSession(sess.run, raw, sess.should_stop)
+            raw(lambda tf_session: tf_session.run(release_workers))
+    except tf.errors.CancelledError as error:
+        if 'sync_token_q' not in str(error):
+            raise
+        # A stopped chief's token queue stays closed on the parameter servers; TensorFlow cannot reopen it.
+        raise UserError('the parameter servers hold the token queue of a chief that stopped, and it is '
+                        'closed; start the parameter servers again, then the workers (the chief resumes '
+                        'from its newest checkpoint)')
+    with tf1.Session(server.target, graph=graph, config=worker_config) as sess:
+        sess.run(finished)
