@@ -103,6 +103,9 @@ def load_mnist(folder, mirrors=MNIST_MIRRORS):
     Returns a dict: train_images (60000, 28, 28, 1) and test_images (10000, 28, 28, 1) float32 in [0, 1],
     train_labels and test_labels uint8.
     """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f'the MNIST data_directory {folder} is a file, not a folder; pass --data_directory with the '
+                        'folder of the four IDX files (or a new folder to download them into)')
     missing = [name for name in MNIST_FILES if _read_idx_bytes(folder, name) is None]
     if missing:
         download_mnist(folder, mirrors, missing)
@@ -144,7 +147,8 @@ def celeba_split(config, split):
     one, else by the official file-number ranges. Missing files are an error naming the first one."""
     folder = config['data_directory']
     if not os.path.isdir(folder):
-        raise UserError(f'CelebA folder {folder} does not exist; {CELEBA_HELP}')
+        raise UserError(f'CelebA folder {folder} {"is a file" if os.path.exists(folder) else "does not exist"}; '
+                        f'{CELEBA_HELP}')
     present = {name for name in os.listdir(folder) if name.lower().endswith('.jpg')}
     if not present:
         raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
@@ -238,7 +242,8 @@ def load_dataset(config):
         limit = config['num_test_images'] or None
         check_celeba_files(splits['train'] + splits['validation'][:25] + splits['test'][:limit])
         to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
-        data = {'train': np.array(splits['train']), 'test_images': to_float(decode_celeba_files(splits['test'][:limit], config)),
+        data = {'train': np.array(splits['train']),
+                'test_images': to_float(decode_celeba_files(splits['test'][:limit], config)),
                 'grid_images': to_float(decode_celeba_files(splits['validation'][:25], config))}
         if config['celebA_cache']:
             data['train'] = load_celeba_cache(config, splits['train'])

@@ -6,6 +6,7 @@ import copy
 import glob
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -102,6 +103,10 @@ def parse_command_line(argv, flags=()):
             options[name] = True
             continue
         if not value:
+            known = name == 'dataset' or name in flags or any(name in c for c in config_module.configs.values())
+            if not known and (not args or args[0].startswith('--')):
+                overrides.append((name, None))  # refused below as an unknown option, not as one without a value
+                continue
             if not args:
                 raise UserError(f'--{name} needs a value')
             value = args.pop(0)
@@ -132,17 +137,25 @@ def check_config(config):
                 'kernel_size', 'save_every', 'summary_every'):
         if config[key] <= 0:
             raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
-    for key in ('learning_rate', 'init_stddev'):
-        if not config[key] > 0:
-            raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
-    if config['kl_weight'] < 0:
-        raise UserError(f'kl_weight must be >= 0, got {config["kl_weight"]}; fix it with --kl_weight')
+    for key in ('learning_rate', 'init_stddev', 'bn_epsilon'):
+        if not 0 < config[key] < math.inf:
+            raise UserError(f'{key} must be positive and finite, got {config[key]}; fix it in config.py or with '
+                            f'--{key}')
+    if not 0 <= config['kl_weight'] < math.inf:
+        raise UserError(f'kl_weight must be >= 0 and finite, got {config["kl_weight"]}; fix it with --kl_weight')
+    if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
+        raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
+                        'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')
+    if not 0 <= config['seed'] < 2 ** 32:
+        raise UserError(f'seed must be in [0, 2**32), got {config["seed"]}; fix it with --seed')
+    if not config['run_directory'].strip():
+        raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
     choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global'),
                'output_head': ('dense_sigmoid', 'conv_tanh')}
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise UserError(f'{key} must be one of {", ".join(allowed)}, got {config[key]!r}; fix it with --{key}')
-    if not config['decoder_min_variance'] > 0:
+    if not 0 < config['decoder_min_variance'] < math.inf:
         raise UserError(f'decoder_min_variance must be positive, got {config["decoder_min_variance"]}')
     if not 0 <= config['bn_momentum'] < 1:
         raise UserError(f'bn_momentum must be in [0, 1), got {config["bn_momentum"]}')
@@ -159,6 +172,14 @@ def check_config(config):
     if config['output_head'] == 'conv_tanh' and config['decoder_filters'][-1] != config['image_channels']:
         raise UserError(f'with output_head conv_tanh the last of decoder_filters is the image: it must be '
                         f'image_channels={config["image_channels"]}, got {config["decoder_filters"][-1]}')
+    if config['output_head'] == 'conv_tanh':
+        decoded = [-(-size // int(np.prod(config['encoder_strides']))) * int(np.prod(config['decoder_strides']))
+                   for size in (config['image_height'], config['image_width'])]
+        if decoded != [config['image_height'], config['image_width']]:
+            raise UserError(f'with output_head conv_tanh the decoder\'s last transposed conv is the image, but its '
+                            f'strides make {decoded[0]}x{decoded[1]} images, not {config["image_height"]}x'
+                            f'{config["image_width"]}; fix encoder_strides / decoder_strides, or use output_head '
+                            'dense_sigmoid (a dense layer maps any size to the image)')
     if config['likelihood'] == 'bernoulli' and config['output_head'] != 'dense_sigmoid':
         raise UserError('likelihood bernoulli needs output_head dense_sigmoid (pixel probabilities in [0, 1])')
     if config['num_train_images'] < 0:
@@ -166,6 +187,13 @@ def check_config(config):
     if config['num_clones'] < 1 or config['batch_size'] % config['num_clones']:
         raise UserError(f'num_clones must be >= 1 and divide batch_size {config["batch_size"]}, got '
                         f'{config["num_clones"]}; fix --num_clones or --batch_size')
+
+
+def flag_value(value):
+    """A config value as it is typed after --KEY: lists as 4,8,8, booleans as true/false."""
+    if isinstance(value, list):
+        return ','.join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def image_shape(config):
@@ -237,7 +265,7 @@ def check_run_config(config):
         if key in saved and saved[key] != config[key]:
             raise UserError(
                 f'{config["run_directory"]} was trained with {key}={saved[key]} but the config says {config[key]}; '
-                f'pass --{key} {saved[key]} to use that run, or --fresh (training) for a new run folder')
+                f'pass --{key} {flag_value(saved[key])} to use that run, or --fresh (training) for a new run folder')
 
 
 def save_run_config(config):

@@ -292,6 +292,7 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
     'images',                   # the batch trained on: the input's, or a placeholder fed per step (feed_input)
     'endpoints',                # build_vae's Endpoints, merged over the towers
     'train_op', 'finite',       # one update; whether this step's loss and gradients were finite
+    'weights_finite',           # whether every float variable is finite (checked before each save)
     'global_step', 'step_after_update',  # the update count, and its value once this step's update is applied
     'summaries',                # the TensorBoard scalars of a step
     'optimizer',                # Adam (in SyncReplicasOptimizer on a synchronous cluster)
@@ -329,8 +330,11 @@ def build_training_graph(config, feed_input=False, cluster=None):
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', endpoints.loss),
                                    tf1.summary.scalar('reconstruction_loss', endpoints.reconstruction_loss),
                                    tf1.summary.scalar('kl', endpoints.kl)])
-    return TrainingGraph(training_input, images, endpoints, train_op, finite, global_step, step_after_update,
-                         summaries, optimizer, build_inference_graph(config), tf1.global_variables_initializer(),
+    inference = build_inference_graph(config)
+    weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(variable)) for variable in tf1.global_variables()
+                                    if variable.dtype.base_dtype.is_floating])
+    return TrainingGraph(training_input, images, endpoints, train_op, finite, weights_finite, global_step,
+                         step_after_update, summaries, optimizer, inference, tf1.global_variables_initializer(),
                          tf1.train.Saver(max_to_keep=None))
 
 
@@ -418,6 +422,14 @@ Role = collections.namedtuple('Role', [
 ])
 
 
+def non_finite_error(config, role, what, step):
+    """The one-line stop for a non-finite loss, gradient or weight: where, the checkpoint kept, what to do."""
+    last_good = utils.latest_checkpoint(config)[0] if role.chief else "the chief's newest"
+    return UserError(f'{what} at step {step} of epoch {step // role.steps_per_epoch}{role.label}; nothing was saved '
+                     f'after it, the last good checkpoint is {last_good}; lower --learning_rate and '
+                     f'{role.restart_hint}')
+
+
 def training_loop(sess, model, config, data, role, stop_signal):
     """Steps until the run's last global step. Whenever a step ends an epoch: the epoch line, and on the chief
     model_<epoch> and its pictures when saves_after says so. A non-finite loss or gradient stops before anything
@@ -446,18 +458,21 @@ def training_loop(sess, model, config, data, role, stop_signal):
             values = sess.run(fetches + [model.summaries] if summarise else fetches)
             finite, losses, new_step = values[1], values[2:5], int(values[5])
             if not finite:
-                last_good = utils.latest_checkpoint(config)[0] if role.chief else "the chief's newest"
-                raise UserError(f'the loss or its gradients became non-finite (loss {losses[0]}) at step {step} of '
-                                f'epoch {step // per_epoch}{role.label}; nothing was saved after it, the last good '
-                                f'checkpoint is {last_good}; lower --learning_rate and {role.restart_hint}')
+                raise non_finite_error(config, role, f'the loss or its gradients became non-finite (loss {losses[0]})',
+                                       step)
             if summarise:
                 writer.add_summary(values[6], step)
                 next_summary = (step // every + 1) * every
             totals, steps_run, steps_here = totals + losses, steps_run + 1, steps_here + 1
             interrupted = bool(stop_signal)  # during this step; one during the saves below waits for the next step
+            ended = range(step // per_epoch, new_step // per_epoch)  # the epochs this step ended
+            # The check above comes before the update: the update itself is checked before anything is saved.
+            saving = role.chief and (interrupted or any(saves_after(config, epoch) for epoch in ended))
+            if saving and not sess.raw(lambda s: s.run(model.weights_finite)):
+                raise non_finite_error(config, role, 'the weights became non-finite in the update', step)
             bar.update(new_step - step)
             bar.set_postfix(loss=f'{totals[0] / steps_run:.5f}')
-            for epoch in range(step // per_epoch, new_step // per_epoch):  # the epochs this step ended
+            for epoch in ended:
                 bar.close()
                 if steps_run:
                     epoch_losses.append(totals[0] / steps_run)

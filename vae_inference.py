@@ -333,6 +333,11 @@ def main(argv):
     config, options = utils.parse_command_line(argv, flags)
     if options['k'] <= 0 or options['num_test'] < 0:
         raise UserError('--k must be positive and --num_test zero (all) or positive')
+    if options['checkpoint'] < -1:
+        raise UserError(f'--checkpoint {options["checkpoint"]} is no checkpoint; pass an epoch number of a '
+                        'model_<epoch> checkpoint, or -1 (the default) for the newest')
+    if options['interpolate'] and options['num_test'] == 1:
+        raise UserError('--interpolate draws lines between pairs of test images; pass --num_test 2 or more')
     if options['manifold'] and config['z_dim'] != 2:
         raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')

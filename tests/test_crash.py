@@ -125,3 +125,15 @@ def test_a_non_finite_loss_stops_without_saving_it(tmp_path, mnist):
         vae.train(config, data)
     assert sorted(utils.list_checkpoints(tmp_path / 'run' / 'models')) == [0]
     assert int(tf.train.load_variable(str(tmp_path / 'run' / 'models' / 'model_0'), 'global_step')) == 10
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(tmp_path, mnist):
+    # learning_rate inf passes no command line (check_config refuses it): set here, it makes the first update
+    # turn the weights to inf while that step's loss and gradients were still finite. One step an epoch: that
+    # update is the last before model_0 would be saved.
+    config = tiny_config(tmp_path / 'run', '--num_epoch', '2')
+    config['learning_rate'] = float('inf')
+    with pytest.raises(utils.UserError, match='the weights became non-finite in the update at step 0 of epoch 0; '
+                                              'nothing was saved after it, the last good checkpoint is None'):
+        vae.train(config, subset(mnist, 64))
+    assert utils.list_checkpoints(tmp_path / 'run' / 'models') == {}

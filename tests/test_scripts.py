@@ -73,6 +73,14 @@ BAD_COMMAND_LINES = [
     (['--encoder_filters', '4,8'], 'need the same length'),
     (['--z_dim'], '--z_dim needs a value'),
     (['stray'], "unexpected argument 'stray'"),
+    (['--learning_rate', 'inf'], 'learning_rate must be positive and finite'),
+    (['--kl_weight', 'nan'], 'kl_weight must be >= 0 and finite'),
+    (['--kl_weight', '0'], 'kl_weight 0 with likelihood gaussian makes the decoder variance'),
+    (['--seed', '-1'], 'seed must be in [0, 2**32)'),
+    (['--seed', str(2 ** 32)], 'seed must be in [0, 2**32)'),
+    (['--run_directory', ''], 'run_directory is empty'),
+    (['--output_head', 'conv_tanh'], 'strides make 32x32 images, not 28x28'),
+    (['--evaluate'], 'unknown option --evaluate'),  # vae_inference.py's flag given to vae.py
 ]
 
 
@@ -87,6 +95,10 @@ def test_bad_command_lines_are_refused_with_the_fix(args, message):
     ('vae.py', ['--z_dim', 'three'], "--z_dim 'three' is not a valid int"),
     ('vae_inference.py', ['--zdim', '3'], 'unknown option --zdim'),
     ('vae_inference.py', ['--checkpoint', 'last'], "--checkpoint 'last' is not a valid int"),
+    ('vae_inference.py', ['--checkpoint', '-5'], '--checkpoint -5 is no checkpoint'),
+    ('vae_inference.py', ['--interpolate', '--num_test', '1'], 'pass --num_test 2 or more'),
+    ('vae.py', ['--learning_rate', 'inf'], 'learning_rate must be positive and finite'),
+    ('vae.py', ['--evaluate'], 'unknown option --evaluate'),
 ])
 def test_scripts_fail_with_one_clear_line(tmp_path, script, args, message):
     result = run_script(script, '--run_directory', tmp_path / 'run', '--data_directory', MNIST_DIR, *args)
@@ -110,6 +122,8 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--z_dim', '8')
     assert result.returncode == 1
     assert 'trained with z_dim=4 but the config says 8' in result.stderr
+    result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--encoder_filters', '4,8,16')
+    assert result.returncode == 1 and 'pass --encoder_filters 4,8,8 to use that run' in result.stderr
     result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--checkpoint', '7')
     assert result.returncode == 1 and 'no checkpoint model_7' in result.stderr and 'it has epochs 0' in result.stderr
     # Training with another architecture on the same folder is refused too, and the checkpoint survives.
@@ -146,3 +160,11 @@ def test_a_batch_larger_than_the_training_set_is_refused():
 def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
     with pytest.raises(utils.UserError, match=f'missing from {tmp_path}/nowhere .* put the four MNIST IDX files'):
         datasets.load_mnist(str(tmp_path / 'nowhere'), mirrors=('file:///nonexistent/',))
+
+
+def test_a_data_folder_that_is_a_file_is_refused(tmp_path):
+    a_file = tmp_path / 'mnist'
+    a_file.write_text('not a folder')
+    with pytest.raises(utils.UserError, match='is a file, not a folder'):
+        datasets.load_mnist(str(a_file), mirrors=())
+    assert a_file.read_text() == 'not a folder'
