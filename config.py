@@ -37,6 +37,8 @@ config_mnist = {
     'save_every': 5,                  # checkpoint and image grids at epoch 0, every this many epochs, and the last
     'summary_every': 50,              # TensorBoard scalars every this many steps
     'seed': 0,                        # seeds the weights, the shuffling, the sampling noise and the fixed grids
+    'test_seed': 0,                   # seeds the one fixed binarisation of the test set (binarize): the same
+                                      # test set for every run, whatever its seed
     'deterministic': True,            # TensorFlow op determinism: same seed, same machine -> same losses
     'num_threads': 0,                 # intra-op threads (0 = one per core)
     'num_train_images': 0,            # train on the first this many training images only (0 = all): quick trials

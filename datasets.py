@@ -13,6 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
@@ -173,7 +174,8 @@ def celeba_split(config, split):
 
 
 def check_celeba_file(path):
-    """None if path looks like an intact img_align_celeba JPEG, else what is wrong with it."""
+    """None if path is an intact img_align_celeba JPEG (it decodes whole, without a warning), else what is wrong
+    with it."""
     try:
         with Image.open(path) as image:
             if image.format != 'JPEG':
@@ -183,11 +185,16 @@ def check_celeba_file(path):
             if image.mode != 'RGB':
                 return f'is {image.mode} (not RGB colour)'
         with open(path, 'rb') as f:
-            f.seek(-2, os.SEEK_END)
-            if f.read() != b'\xff\xd9':
-                return 'is truncated (no JPEG end marker)'
+            data = f.read()
+        if data[-2:] != b'\xff\xd9':
+            return 'is truncated (no JPEG end marker)'
+        # A whole decode in libjpeg-turbo's strict mode: a damaged body that still ends in the marker decodes to
+        # garbage with only a libjpeg warning in TensorFlow and PIL; here the warning is an error.
+        simplejpeg.decode_jpeg(data, strict=True)
     except (OSError, SyntaxError):
         return 'cannot be read as an image'
+    except ValueError as error:
+        return f'has corrupt image data ({error})'
     return None
 
 
@@ -270,9 +277,7 @@ def load_celeba_cache(config, paths, chunk=2048):
             for start in range(0, len(paths), chunk):
                 crops[start:start + chunk] = decode_celeba_files(paths[start:start + chunk], config)
                 bar.update(len(paths[start:start + chunk]))
-        with open(path + '.part', 'wb') as f:
-            np.save(f, crops)
-        os.replace(path + '.part', path)
+        utils.write_atomically(path, lambda f: np.save(f, crops))
         return crops
     return np.load(path)
 
@@ -322,7 +327,7 @@ def evaluation_images(config, images):
     trained on binarised data (so numbers are comparable between runs and with the literature)."""
     if not config['binarize']:
         return images
-    return (np.random.RandomState(config['seed']).uniform(size=images.shape) < images).astype(np.float32)
+    return (np.random.RandomState(config['test_seed']).uniform(size=images.shape) < images).astype(np.float32)
 
 
 # The training input. Feed train_data (what load_dataset returned as 'train') and shuffle_seed to

@@ -9,6 +9,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -84,15 +85,24 @@ def create_clones(config, images, model_fn, optimizer):
 
 # ---------------------------------------------------------------- cluster
 
-def free_ports(count):
-    """count TCP ports on 127.0.0.1 that were free a moment ago (for loopback clusters: tests, benchmark)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(('127.0.0.1', 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def free_ports(count, rng=random.SystemRandom()):
+    """count TCP ports free on this machine, for loopback clusters (tests, benchmark). The servers bind them later
+    and TensorFlow's gRPC server refuses a shared port, so they cannot be held till then: they are drawn below the
+    kernel's ephemeral range, which it never hands to outgoing connections or to other programs' bind(0), so only a
+    program that asks for that very port could take one in between."""
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+        ephemeral_start = int(f.read().split()[0])
+    ports = []
+    for port in rng.sample(range(10000, ephemeral_start), ephemeral_start - 10000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(('0.0.0.0', port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise UserError(f'fewer than {count} free TCP ports between 10000 and {ephemeral_start}')
 
 
 def cluster_from_config(config):
@@ -133,11 +143,6 @@ def cluster_from_config(config):
         raise UserError(f'task {config["task"]} is not in the {size} {config["job_name"]} tasks of the cluster; '
                         f'pass --task 0..{size - 1}')
     return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
-
-
-def images_per_update(config, cluster):
-    """Images in one update of the weights: a synchronous cluster averages a batch from every worker."""
-    return config['batch_size'] * (len(cluster['worker']) if cluster and config['sync_replicas'] else 1)
 
 
 def variable_placement(config, cluster):

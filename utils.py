@@ -3,13 +3,16 @@ command line, run folders and their checkpoint files, image grids, GIFs and Tens
 """
 import contextlib
 import copy
+import fcntl
 import glob
 import io
 import json
 import math
 import os
 import re
+import signal
 import sys
+import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,6 +49,7 @@ class UserError(Exception):
 
 def exit_on_user_error(main):
     """Run main(); a UserError becomes `error: ...` on stderr and exit status 1, Ctrl-C a line and 130."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the scripts ignore it while TensorFlow loads
     try:
         main()
     except UserError as error:
@@ -146,8 +150,9 @@ def check_config(config):
     if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
         raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
                         'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')
-    if not 0 <= config['seed'] < 2 ** 32:
-        raise UserError(f'seed must be in [0, 2**32), got {config["seed"]}; fix it with --seed')
+    for key in ('seed', 'test_seed'):
+        if not 0 <= config[key] < 2 ** 32:
+            raise UserError(f'{key} must be in [0, 2**32), got {config[key]}; fix it with --{key}')
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
     choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global'),
@@ -239,62 +244,151 @@ def all_checkpoints(model_directory):
 
 
 def make_run_folders(config):
-    """The run's checkpoint and TensorBoard folders, or a one-line error when they cannot be made."""
+    """The run's checkpoint and TensorBoard folders, or a one-line error when they cannot be made or written."""
     for key in ('model_directory', 'log_directory'):
+        folder = run_path(config, key)
+        for action, make in (('create', lambda: os.makedirs(folder, exist_ok=True)),
+                             # a read-only folder or file system fails here rather than at the first save
+                             ('write in', lambda: tempfile.TemporaryFile(dir=folder).close())):
+            try:
+                make()
+            except OSError as error:
+                raise UserError(f'cannot {action} {folder} ({error.strerror or error}); '
+                                'choose a writable --run_directory') from None
+
+
+@contextlib.contextmanager
+def run_folder_lock(config):
+    """Hold the run folder for one training process: a second one on the same folder is refused with the first's
+    PID instead of overwriting its checkpoints. An flock, so the kernel frees it when the holder dies, SIGKILL
+    included."""
+    path = os.path.join(config['run_directory'], '.lock')
+    with open(path, 'a+') as lock:
         try:
-            os.makedirs(run_path(config, key), exist_ok=True)
-        except OSError as error:
-            raise UserError(f'cannot create {run_path(config, key)} ({error.strerror or error}); '
-                            'choose a writable --run_directory')
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'unknown'
+            raise UserError(f'{config["run_directory"]} is being trained by another process (PID {holder}); wait '
+                            'for it to finish, stop it, or choose another --run_directory') from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f'{os.getpid()}\n')
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-# The keys a checkpoint is tied to: another value would not restore, or would be evaluated wrongly.
-ARCHITECTURE_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
+# The keys that make a run what it is: under other values its checkpoints would not restore, or would be trained
+# or scored as another model (kl_weight sets the 'gaussian' decoder's variance; test_seed the test binarisation).
+RUN_IDENTITY_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
                      'encoder_strides', 'decoder_filters', 'decoder_strides', 'output_head', 'kernel_size',
-                     'likelihood', 'decoder_variance', 'binarize')
+                     'likelihood', 'decoder_variance', 'decoder_min_variance', 'binarize', 'kl_weight', 'test_seed')
 
 
-def check_run_config(config):
-    """Refuse a config whose architecture differs from the one the run folder's checkpoints were trained with."""
+def images_per_update(config):
+    """Images in one update of the weights: a synchronous cluster averages a batch from every worker."""
+    synchronous_workers = config['worker_replicas'] if config['num_ps_tasks'] and config['sync_replicas'] else 1
+    return config['batch_size'] * synchronous_workers
+
+
+def saved_run_config(config):
+    """The run folder's config.json as a dict, None when it has none; a damaged one is a one-line error."""
     path = os.path.join(config['run_directory'], 'config.json')
     if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError('not a JSON object')
+        return saved
+    except (OSError, ValueError) as error:
+        raise UserError(f'{path} is not a readable config ({error}); restore it from a copy, or delete it (the '
+                        'checkpoints are then checked variable by variable)') from None
+
+
+def check_run_config(config, resuming=False):
+    """Refuse a config that is not the run folder's: another architecture, likelihood, kl_weight or test seed.
+    Resuming training, also another number of images per update or training images: the global step counts
+    updates, and the epochs it stands for would move."""
+    saved = saved_run_config(config)
+    if saved is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
-    for key in ARCHITECTURE_KEYS:
+    for key in RUN_IDENTITY_KEYS + (('num_train_images', 'batch_size') if resuming else ()):
         if key in saved and saved[key] != config[key]:
             raise UserError(
                 f'{config["run_directory"]} was trained with {key}={saved[key]} but the config says {config[key]}; '
                 f'pass --{key} {flag_value(saved[key])} to use that run, or --fresh (training) for a new run folder')
+    if resuming and {'worker_replicas', 'num_ps_tasks', 'sync_replicas'} <= set(saved) and \
+            images_per_update(saved) != images_per_update(config):
+        raise UserError(f'{config["run_directory"]} was trained with {images_per_update(saved)} images an update '
+                        f'({saved["worker_replicas"]} synchronous workers) but this process would make '
+                        f'{images_per_update(config)}; resume it with the same cluster, or --fresh for a new run')
 
 
 def save_run_config(config):
     """The run's config.json, replaced whole (written beside it, then renamed)."""
     path = os.path.join(config['run_directory'], 'config.json')
-    with open(path + '.part', 'w') as f:
-        json.dump(config, f, indent=2)
-    os.replace(path + '.part', path)
+    write_atomically(path, lambda f: json.dump(config, f, indent=2), 'w')
+
+
+def write_atomically(path, write, mode='wb'):
+    """write(file) into path + '.part', then rename it over path: path is the old file or the whole new one.
+    A failed write (a full disk, say) removes the .part and is a one-line error; path is left as it was."""
+    temporary = path + '.part'
+    try:
+        with open(temporary, mode) as f:
+            write(f)
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        raise UserError(f'cannot write {path} ({error.strerror or error}); free some space or choose a writable '
+                        f'--run_directory; {os.path.basename(path)} was left as it was') from None
+
+
+def checkpoint_problem(prefix):
+    """None when every tensor of the checkpoint reads back, else what went wrong (a truncated .data, say)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
 
 
 def latest_checkpoint(config):
-    """(prefix, global step) of the readable checkpoint with the most training steps, or (None, 0).
+    """(prefix, global step) of the readable checkpoint with the most training steps, or (None, 0) when the
+    folder has none; checkpoints that exist but none of which reads back are a one-line error.
 
-    TensorFlow renames a checkpoint's .index into place last, so a write cut short leaves no .index; a
-    checkpoint that still cannot be read is skipped with a warning rather than chosen.
+    TensorFlow renames a checkpoint's .index into place last, so a write cut short leaves no .index. A
+    checkpoint that still cannot be read whole (a truncated .data, a damaged .index) is skipped with a
+    warning, and the next newest is taken.
     """
     model_directory = run_path(config, 'model_directory')
     for partial in glob.glob(os.path.join(model_directory, '*.tempstate*')):
         os.remove(partial)  # the remains of a save that was killed; its .index was never written
-    best = (None, 0)
+    candidates, problems = [], []
     for prefix in all_checkpoints(model_directory):
         try:
-            step = int(tf.train.load_variable(prefix, 'global_step'))
-        except (tf.errors.OpError, ValueError) as error:
-            print(f'warning: skipping unreadable checkpoint {prefix} ({str(error).splitlines()[0]})')
-            continue
-        if best[0] is None or step > best[1]:
-            best = (prefix, step)
-    return best
+            candidates.append((int(tf.train.load_variable(prefix, 'global_step')), prefix))
+        except (tf.errors.OpError, ValueError, IndexError) as error:
+            problems.append(f'{prefix} ({str(error).strip().splitlines()[0]})')
+    for step, prefix in sorted(candidates, reverse=True):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            for skipped in problems:
+                print(f'warning: skipping unreadable checkpoint {skipped}')
+            return prefix, step
+        problems.append(f'{prefix} ({problem})')
+    if problems:
+        raise UserError(f'{model_directory} holds checkpoints but none reads back: {problems[0]}; move the folder '
+                        'away to start over, or pass --fresh for a new run folder')
+    return None, 0
 
 
 def restore_checkpoint(sess, saver, prefix):
@@ -339,9 +433,7 @@ def save_grid(path, images, rows, columns, title=None, scale=2, value_range=(0.0
         ImageDraw.Draw(titled).text((4, 2), title, fill='black')
         picture = titled
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    temporary = path + '.part.png'
-    picture.save(temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda f: picture.save(f, format='PNG'))
 
 
 def epoch_frames(folder):
@@ -358,9 +450,8 @@ def save_gif(path, frame_paths, duration_ms=400):
     """Assemble PNG frames into a looping GIF; the last frame is held three times as long."""
     frames = [Image.open(p).convert('RGB') for p in frame_paths]
     durations = [duration_ms] * (len(frames) - 1) + [duration_ms * 3]
-    temporary = path + '.part.gif'
-    frames[0].save(temporary, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    os.replace(temporary, path)
+    write_atomically(path, lambda f: frames[0].save(f, format='GIF', save_all=True, append_images=frames[1:],
+                                                     duration=durations, loop=0))
 
 
 def png_summary(tag, path):

@@ -18,6 +18,9 @@ import signal
 import sys
 import time
 
+if __name__ == '__main__':  # Ctrl-C while TensorFlow loads ends the script quietly: nothing to save yet
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import numpy as np
 from tqdm import tqdm
 
@@ -366,10 +369,22 @@ def saves_after(config, epoch):
     return epoch % config['save_every'] == 0 or epoch == config['num_epoch'] - 1
 
 
+def save_checkpoint(sess, model, config, name):
+    """The variables as checkpoint <name> in the model folder; a failed write (a full disk, say) is a one-line
+    error. TensorFlow writes under temporary names and renames the .index last, so the newer checkpoints on disk
+    are whole whatever happens."""
+    path = os.path.join(utils.run_path(config, 'model_directory'), name)
+    try:
+        return model.saver.save(sess, path, write_meta_graph=False)
+    except tf.errors.OpError as error:
+        raise UserError(f'cannot write checkpoint {path} ({error.message.strip().splitlines()[0]}); free some space '
+                        'or choose a writable --run_directory, then run again: training resumes from the newest '
+                        'complete checkpoint') from None
+
+
 def save_epoch(sess, model, config, evaluation, epoch, writer):
     """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO."""
-    model_directory = utils.run_path(config, 'model_directory')
-    model.saver.save(sess, os.path.join(model_directory, f'model_{epoch}'), write_meta_graph=False)
+    save_checkpoint(sess, model, config, f'model_{epoch}')
     save_grids(sess, model, config, epoch, evaluation['grid_images'], evaluation['latents'], writer)
     inference = model.inference
     test_nelbo = run_in_batches(sess, inference.negative_elbo, inference.images, evaluation['test_images']).mean()
@@ -381,7 +396,7 @@ def save_epoch(sess, model, config, evaluation, epoch, writer):
 def save_interrupted(sess, model, config, step):
     """Checkpoint interrupted_<step> mid-epoch, then drop older interrupted_* checkpoints it supersedes."""
     model_directory = utils.run_path(config, 'model_directory')
-    path = model.saver.save(sess, os.path.join(model_directory, f'interrupted_{step}'), write_meta_graph=False)
+    path = save_checkpoint(sess, model, config, f'interrupted_{step}')
     for old_step, old_prefix in utils.list_checkpoints(model_directory, 'interrupted').items():
         if old_step < step:
             for file in glob.glob(old_prefix + '.*'):
@@ -510,7 +525,7 @@ def session_and_role(config, data, graph, model, cluster, server, checkpoint, st
     shard_feed = {model.input.train_data: data['train'], model.input.shuffle_seed: config['seed'] * 100003 + task}
     restart = ' after the parameter servers (synchronous mode)' if config['sync_replicas'] else ''
     print(f'worker {task} of {workers} ({"chief" if task == 0 else "not chief"}) on {cluster["worker"][task]}: '
-          f'{len(data["train"])} images, {steps_per_epoch} steps of {deploy.images_per_update(config, cluster)} '
+          f'{len(data["train"])} images, {steps_per_epoch} steps of {utils.images_per_update(config)} '
           f'images an epoch, {"synchronous" if config["sync_replicas"] else "asynchronous"} updates', flush=True)
     return deploy.cluster_session(config, cluster, server, graph, model, checkpoint, last_step, shard_feed), Role(
         task == 0, steps_per_epoch, last_step, lambda sess, epoch, position: None, f' on worker {task}',
@@ -538,32 +553,39 @@ def train(config, data, cluster=None):
     graph = tf.Graph()
     with graph.as_default(), deploy.variable_placement(config, cluster):
         model = build_training_graph(config, cluster=cluster)
-    images_per_step = deploy.images_per_update(config, cluster)
+    images_per_step = utils.images_per_update(config)
     steps_per_epoch = len(data['train']) // images_per_step
     if steps_per_epoch == 0:
         raise UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
                         'lower --batch_size or train on more images')
-    checkpoint, _ = utils.latest_checkpoint(config) if chief else (None, 0)
-    if checkpoint:
-        utils.check_run_config(config)
-    session, role = session_and_role(config, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
-    with session as sess, stop_requests(enabled=chief) as stop_signal:
-        step = int(sess.raw(lambda s: s.run(model.global_step)))
-        if chief:
-            utils.save_run_config(config)
-            if checkpoint:
-                print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
-            if step >= role.last_step:
-                print(f'{config["run_directory"]} has trained all {config["num_epoch"]} epochs; raise --num_epoch '
-                      'to go on, or pass --fresh to start a new run')
-                return []
-        epoch_losses, steps_here, step = training_loop(sess, model, config, data, role, stop_signal)
+    with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
+        checkpoint = resume_point(config) if chief else None
+        session, role = session_and_role(config, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
+        with session as sess, stop_requests(enabled=chief) as stop_signal:
+            step = int(sess.raw(lambda s: s.run(model.global_step)))
+            if chief:
+                if checkpoint:
+                    print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
+                if step >= role.last_step:  # config.json keeps the values the run was trained with
+                    print(f'{config["run_directory"]} has trained all {config["num_epoch"]} epochs; raise '
+                          '--num_epoch to go on, or pass --fresh to start a new run')
+                    return []
+                utils.save_run_config(config)
+            epoch_losses, steps_here, step = training_loop(sess, model, config, data, role, stop_signal)
     if cluster:
         print(f'worker {config["task"]}: ran {steps_here} steps; the run is at step {step} of {role.last_step}' +
               (f' in {config["run_directory"]}' if chief else ''))
     else:
         print(f'trained {config["num_epoch"]} epochs ({step} steps) in {config["run_directory"]}')
     return epoch_losses
+
+
+def resume_point(config):
+    """The checkpoint a training run resumes from (None: a fresh start), once the run folder's config.json has
+    been found to describe this config: the same model, and the same epochs in global steps."""
+    if utils.has_checkpoints(config['run_directory'], config):
+        utils.check_run_config(config, resuming=True)
+    return utils.latest_checkpoint(config)[0]
 
 
 def main(argv):

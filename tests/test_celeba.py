@@ -1,5 +1,9 @@
 """CelebA: splits, the crops against PIL, the [-1, 1] range, the cache, bad JPEGs, and training + inference."""
+import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,7 +115,7 @@ def test_training_input_is_in_minus_one_to_one(celeba):
     assert data['test_images'].shape == (5, 64, 64, 3) and data['grid_images'].shape == (5, 64, 64, 3)
 
 
-def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path):
+def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path, monkeypatch):
     folder = tmp_path / 'img_align_celeba'
     make_celeba(folder)
     cache = tmp_path / 'cache'
@@ -122,9 +126,13 @@ def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path)
     assert data['train'].dtype == np.uint8 and data['train'].shape == (30, 64, 64, 3)
     expected = datasets.decode_celeba_files(datasets.celeba_split(config, 'train'), config)
     assert np.array_equal(data['train'], expected)
-    built = os.path.getmtime(cache / files[0])
+    decoded = []
+    decode = datasets.decode_celeba_files
+    monkeypatch.setattr(datasets, 'decode_celeba_files', lambda paths, config: decoded.extend(paths) or
+                        decode(paths, config))
     assert np.array_equal(datasets.load_dataset(config)['train'], expected)
-    assert os.path.getmtime(cache / files[0]) == built  # reused, not rebuilt
+    assert len(decoded) == 5 + 5  # the test and grid images only: the training crops came from the cache
+    monkeypatch.setattr(datasets, 'decode_celeba_files', decode)
     datasets.load_dataset({**config, 'celebA_crop': 'resizecrop'})
     assert len(os.listdir(cache)) == 2
     with open(folder / 'list_eval_partition.txt') as f:
@@ -169,6 +177,25 @@ def test_a_bad_jpeg_is_refused_by_name(tmp_path, kind, message):
     assert not os.path.exists(tmp_path / 'run' / 'models' / 'model_0.index')
 
 
+def test_a_jpeg_with_a_scrambled_body_but_its_end_marker_is_refused(tmp_path):
+    # PIL and TensorFlow decode this file to garbage with no more than a libjpeg warning.
+    folder = tmp_path / 'img_align_celeba'
+    make_celeba(folder)
+    path = folder / '000017.jpg'
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(2)
+    data[len(data) // 3:len(data) // 3 + 200] = rng.integers(0, 255, 200, dtype=np.uint8).tobytes()  # no 0xFF
+    path.write_bytes(bytes(data))
+    with Image.open(path) as image:
+        image.load()  # the damage PIL lets through
+    result = run_script('vae.py', '--dataset', 'celebA', '--data_directory', folder, *SMALL,
+                        '--run_directory', tmp_path / 'run')
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f'error: {path} has corrupt image data (Corrupt JPEG data')
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / 'run' / 'models' / 'model_0.index')
+
+
 def test_an_empty_folder_says_how_to_get_celeba(tmp_path):
     config = celeba_config(tmp_path)
     with pytest.raises(utils.UserError, match=f'no JPEGs in {tmp_path}; download img_align_celeba.zip'):
@@ -181,6 +208,7 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     result = run_script('vae.py', *args)
     assert result.returncode == 0, result.stderr
     assert 'epoch   1' in result.stdout and 'test negative ELBO' in result.stdout
+    training_output = result.stdout
     with Image.open(run / 'op-gen' / 'epoch_0001.png') as grid:
         assert grid.size == (5 * 64 * 2, 5 * 64 * 2 + 16) and grid.mode == 'RGB'
     with Image.open(run / 'op-real' / 'epoch_0000.png') as grid:
@@ -191,9 +219,39 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     assert np.abs(real[:128, :128].astype(float) - upscaled).mean() < 2  # [-1, 1] mapped back to [0, 255]
     result = run_script('vae_inference.py', *args, '--evaluate', '--k', '5')
     assert result.returncode == 0, result.stderr
+    metrics = json.load(open(run / 'metrics.json'))
+    assert metrics['test_images'] == 5 and metrics['iwae_k'] == 5 and metrics['checkpoint'] == 'model_1'
+    assert metrics['decoder'].startswith('gaussian, fixed variance')
+    # The same bound on the same 5 test images and checkpoint, by training's one-sample estimate at its last save.
+    trained = float(re.findall(r'saved model_1; test negative ELBO ([\d.]+) nats', training_output)[0])
+    assert abs(metrics['negative_elbo_nats'] - trained) < 0.02 * trained, (metrics, trained)
+    assert 7 < metrics['negative_elbo_bits_per_dim'] < 16  # discretised 8-bit pixels on [-1, 1]: 7 bits + the rest
     result = run_script('vae_inference.py', *args)
     assert result.returncode == 0, result.stderr
     with Image.open(run / 'generations.png') as image:
         assert image.size == (10 * 64 * 2, 10 * 64 * 2 + 16)
     with Image.open(run / 'generations.gif') as gif:
         assert gif.n_frames == 2
+
+
+def test_evaluating_the_full_size_face_model_stays_within_bounded_memory(celeba, tmp_path):
+    # The shipped CelebA architecture (21 M weights): k=400 samples of 4 images are 1,600 decoder passes of
+    # 64x64x3, about 10 GB if run in one session.run; the evaluation splits them by bytes, not by count.
+    run = tmp_path / 'run'
+    args = ['--dataset', 'celebA', '--data_directory', celeba, '--batch_size', '8', '--num_epoch', '1',
+            '--num_test_images', '4', '--run_directory', run]
+    assert run_script('vae.py', *args).returncode == 0
+    measure = ('import resource, runpy, sys\n'
+               'sys.argv = sys.argv[1:]\n'
+               'try:\n'
+               '    runpy.run_path(sys.argv[0], run_name="__main__")\n'
+               'finally:\n'
+               '    print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n')
+    result = subprocess.run([sys.executable, '-c', measure, os.path.join(ROOT, 'vae_inference.py'), *map(str, args),
+                             '--evaluate', '--k', '400'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    metrics = json.load(open(run / 'metrics.json'))
+    assert metrics['test_images'] == 4 and metrics['iwae_k'] == 400
+    assert np.isfinite(metrics['negative_iwae_nats']) and metrics['negative_iwae_nats'] <= metrics['negative_elbo_nats']
+    peak_gib = int(result.stdout.split('peak_kib')[-1]) / 2 ** 20
+    assert peak_gib < 4, f'{peak_gib:.1f} GiB'

@@ -99,7 +99,6 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     wait_for_line(logs['worker1'], 'epoch ', worker1, timeout=120)  # early on: kill worker 1, start it again
     worker1.send_signal(signal.SIGKILL)
     worker1.wait(timeout=30)
-    time.sleep(1)
     processes.append(start_task(cluster, 'worker', 1, run, logs['again'], *extra))
     for process in processes[:2] + processes[3:]:
         process.wait(timeout=240)
@@ -107,9 +106,11 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     assert [p.returncode for p in processes] == [0, 0, -signal.SIGKILL, 0], output
 
     # Asynchronous workers finishing together may both add their last step: the run can end one step past.
+    # The rejoined worker trains until the run's last step; when it joins depends on the machine, so how many
+    # of the steps it ran does too (none, if the chief alone got there first).
     for name, log in (('chief', 'chief'), ('rejoined worker', 'again')):
         ran, at = re.search(r'ran (\d+) steps; the run is at step (\d+) of ', output[log]).groups()
-        assert int(ran) > 0 and total_steps <= int(at) <= total_steps + 1, (name, output[log])
+        assert int(ran) >= (name == 'chief') and total_steps <= int(at) <= total_steps + 1, (name, output[log])
     assert 'every worker finished' in output['ps']
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
     assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']

@@ -1,0 +1,197 @@
+"""Bad input and faults, a family per test: the run folder, resuming, checkpoints, the disk, signals, the metrics.
+Each refusal is exit status 1 and one line `error: ...` naming the problem, no traceback, and every file that was
+there before is byte-identical afterwards."""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import datasets
+import utils
+import vae
+import vae_inference
+from conftest import ROOT, TINY, run_script, subset, tiny_config
+
+# 640 images, 10 steps an epoch; a checkpoint after each of the 2 epochs.
+BASE = TINY + ['--num_train_images', '640']
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder but .lock (the PID of the newest training process)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in set(names) - {'.lock'}:
+            path = os.path.join(root, name)
+            assert not os.path.islink(path), path  # (a link to /dev/full would read forever)
+            with open(path, 'rb') as f:
+                files[os.path.relpath(path, folder)] = f.read()
+    return files
+
+
+def assert_refused(result, message, folder=None, before=None):
+    stderr = result.stderr.strip()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith('error: ') and 'Traceback' not in stderr, stderr
+    assert message in stderr, stderr
+    if folder is not None:
+        assert snapshot(folder) == before
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A run folder with model_0 and model_1, trained by vae.py as a user would."""
+    run = tmp_path / 'run'
+    result = run_script('vae.py', *BASE, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_resuming_with_another_epoch_length_or_model_is_refused(trained):
+    before = snapshot(trained)
+    for flag, value, message in (('--batch_size', '128', 'was trained with batch_size=64'),
+                                 ('--num_train_images', '1280', 'was trained with num_train_images=640'),
+                                 ('--kl_weight', '0.5', 'was trained with kl_weight=0.0005'),
+                                 ('--test_seed', '3', 'was trained with test_seed=0')):
+        result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '4', flag, value)
+        assert_refused(result, message, trained, before)
+    # A finished run keeps the config it was trained with: values that were never used are not written into it.
+    result = run_script('vae.py', *BASE, '--run_directory', trained, '--learning_rate', '0.1')
+    assert result.returncode == 0 and 'has trained all 2 epochs' in result.stdout
+    assert snapshot(trained) == before
+    # Inference refuses another kl_weight too (it sets the Gaussian decoder's variance): no metrics under it.
+    result = run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--kl_weight', '0.05')
+    assert_refused(result, 'was trained with kl_weight=0.0005', trained, before)
+
+
+def test_a_second_training_process_on_a_run_folder_is_refused(trained):
+    with open(trained / '.lock', 'a+') as lock:  # hold the folder as a running vae.py does
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f'{os.getpid()}\n')
+        lock.flush()
+        before = snapshot(trained)
+        result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')
+        assert_refused(result, f'is being trained by another process (PID {os.getpid()})', trained, before)
+    result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')  # released: it resumes
+    assert result.returncode == 0 and 'resuming' in result.stdout, result.stderr
+
+
+def test_a_damaged_config_json_is_a_one_line_error(trained):
+    for text in ('', '{"z_dim": 4', '[1, 2]'):
+        (trained / 'config.json').write_text(text)
+        before = snapshot(trained)
+        assert_refused(run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3'),
+                       'config.json is not a readable config', trained, before)
+        assert_refused(run_script('vae_inference.py', *BASE, '--run_directory', trained),
+                       'config.json is not a readable config', trained, before)
+
+
+def test_unreadable_checkpoints_never_let_another_model_train_over_them(trained):
+    for index in (trained / 'models').glob('*.index'):
+        index.write_bytes(b'')
+    before = snapshot(trained)
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', trained, '--z_dim', '8'),
+                   'was trained with z_dim=4', trained, before)
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3'),
+                   'holds checkpoints but none reads back', trained, before)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(trained):
+    data_file = trained / 'models' / 'model_1.data-00000-of-00001'
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    before = snapshot(trained)
+    assert_refused(run_script('vae_inference.py', *BASE, '--run_directory', trained),
+                   'model_1 cannot be read', trained, before)
+    assert 'pass --checkpoint 0' in run_script('vae_inference.py', *BASE, '--run_directory', trained).stderr
+    result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')
+    assert result.returncode == 0, result.stderr
+    assert 'warning: skipping unreadable checkpoint' in result.stdout and 'model_1' in result.stdout
+    assert 'model_0 (step 10)' in result.stdout  # resumed from the previous checkpoint
+    assert int(tf.train.load_variable(str(trained / 'models' / 'model_2'), 'global_step')) == 30
+
+
+def test_an_existing_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
+    # /sys is read-only to every user, root included: the folder exists, and the first save would fail.
+    assert os.path.isdir('/sys') and not os.access('/sys', os.W_OK) or os.geteuid() == 0
+    result = run_script('vae.py', *BASE, '--run_directory', '/sys', '--model_directory', '.',
+                        '--log_directory', '.')
+    assert_refused(result, 'cannot write in /sys/.')
+
+
+def test_a_full_disk_leaves_every_earlier_file_as_it_was(trained):
+    assert run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--k', '5',
+                      '--num_test', '20').returncode == 0
+    before = snapshot(trained)
+    os.symlink('/dev/full', trained / 'metrics.json.part')  # the next metrics.json write meets a full disk
+    result = run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--k', '5',
+                        '--num_test', '20')
+    assert_refused(result, 'metrics.json (No space left on device)', trained, before)
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, 'model_0.data-00000-of-00001; No space left on device')
+    monkeypatch.setattr(tf.compat.v1.train.Saver, 'save', full_disk)
+    with pytest.raises(utils.UserError, match=r'cannot write checkpoint .*model_0 \(model_0.data-00000-of-00001; '
+                                              r'No space left on device\); free some space'):
+        vae.train(tiny_config(tmp_path / 'run', '--num_epoch', '1'), subset(mnist, 640))
+
+
+def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *BASE, '--run_directory',
+                                str(tmp_path / 'run')], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    process.send_signal(signal.SIGINT)  # at once: TensorFlow is still loading
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (-signal.SIGINT, 130) and 'Traceback' not in stderr, stderr
+    assert not os.path.exists(tmp_path / 'run' / 'models' / 'model_0.index')
+
+
+def test_non_finite_metrics_are_not_written(tmp_path):
+    config = tiny_config(tmp_path)
+    os.makedirs(tmp_path, exist_ok=True)
+    with pytest.raises(utils.UserError, match='the metrics negative_elbo_nats are not finite'):
+        vae_inference.write_metrics(config, {'test_images': 10, 'decoder': 'gaussian', 'reconstruction_mse': 0.1,
+                                             'psnr_db': 10.0, 'kl_nats': 1.0, 'negative_elbo_nats': float('nan'),
+                                             'negative_elbo_bits_per_dim': 1.0, 'iwae_k': 5,
+                                             'negative_iwae_nats': 1.0, 'negative_iwae_nats_standard_error': 0.1,
+                                             'negative_iwae_bits_per_dim': 1.0, 'active_units': 1, 'z_dim': 4})
+    assert not os.path.exists(tmp_path / 'metrics.json') and not os.path.exists(tmp_path / 'metrics.json.part')
+
+
+def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
+    images = mnist['test_images'][:200]
+    config, _ = utils.parse_command_line(['--dataset', 'MNIST_bernoulli'])
+    first = datasets.evaluation_images(config, images)
+    assert np.array_equal(first, datasets.evaluation_images({**config, 'seed': 7}, images))
+    assert not np.array_equal(first, datasets.evaluation_images({**config, 'test_seed': 7}, images))
+
+
+@pytest.fixture(scope='module')
+def pristine(tmp_path_factory):
+    """A trained run folder that only read-only tests use."""
+    run = tmp_path_factory.mktemp('pristine') / 'run'
+    result = run_script('vae.py', *BASE, '--run_directory', run)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('vae.py', ['--kl_weight', '0'], 'kl_weight 0 with likelihood gaussian'),                   # config
+    ('vae.py', ['--seed', '-1'], 'seed must be in [0, 2**32)'),
+    ('vae.py', ['--data_directory', os.path.join(ROOT, 'README.md')], 'is a file, not a folder'),  # data
+    ('vae.py', ['--z_dim', '8'], 'was trained with z_dim=4'),                                   # checkpoint
+    ('vae_inference.py', ['--checkpoint', '-5'], '--checkpoint -5 is no checkpoint'),             # inference flags
+    ('vae_inference.py', ['--checkpoint', '9'], 'no checkpoint model_9'),
+    ('vae_inference.py', ['--interpolate', '--num_test', '1'], 'pass --num_test 2 or more'),
+    ('vae_inference.py', ['--manifold'], '--manifold needs a model with z_dim 2'),
+])
+def test_bad_input_on_a_trained_run_changes_nothing(pristine, script, args, message):
+    before = snapshot(pristine)
+    assert_refused(run_script(script, *BASE, '--run_directory', pristine, *args), message, pristine, before)
