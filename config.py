@@ -41,6 +41,9 @@ config_mnist = {
                                       # test set for every run, whatever its seed
     'deterministic': True,            # TensorFlow op determinism: same seed, same machine -> same losses
     'num_threads': 0,                 # intra-op threads (0 = one per core)
+    'precision': 'float32',           # training arithmetic: 'float32', 'mixed_bfloat16' (oneDNN rewrite: CPUs with
+                                      # AMX / AVX512-BF16) or 'mixed_float16' (CUDA GPUs, loss scaling); weights,
+                                      # checkpoints and every metric stay float32
     'num_train_images': 0,            # train on the first this many training images only (0 = all): quick trials
     # Several devices and machines (README, "Several devices, several machines"). Defaults: one process, one device.
     'num_clones': 1,                  # towers: each step's batch is split over this many devices, the gradients

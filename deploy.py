@@ -20,12 +20,53 @@ from utils import UserError
 tf, tf1 = utils.tf, utils.tf1
 
 
-def session_config(config):
+def session_config(config, training=False):
+    """Threads and devices of a session; a training session with a mixed precision also gets TensorFlow's own
+    graph rewrite (grappler's auto mixed precision): the oneDNN bfloat16 variant for the CPU's ops, the CUDA
+    float16 one for the GPU's. Inference, evaluation and the data pipeline stay float32."""
     threads = config['num_threads']
     # clone_on_cpu towers each need a CPU device of their own: /cpu:0 ... /cpu:<num_clones - 1>.
     cpus = config['num_clones'] if config['clone_on_cpu'] else 1
-    return tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads,
-                           device_count={'CPU': cpus}, allow_soft_placement=True)
+    proto = tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads,
+                            device_count={'CPU': cpus}, allow_soft_placement=True)
+    rewrite = proto.graph_options.rewrite_options
+    if training and config['precision'] == 'mixed_bfloat16':
+        rewrite.auto_mixed_precision_onednn_bfloat16 = rewrite.ON
+    elif training and config['precision'] == 'mixed_float16':
+        rewrite.auto_mixed_precision = rewrite.ON
+    return proto
+
+
+def cpu_flags():
+    """The CPU feature flags the kernel reports (lscpu's Flags line)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((set(line.split(':', 1)[1].split()) for line in f if line.startswith('flags')), set())
+    except OSError:
+        return set()
+
+
+def precision_line(config):
+    """One line naming the training precision and whether this machine accelerates it; mixed_float16 without a
+    GPU is a one-line error."""
+    precision = config['precision']
+    if precision == 'float32':
+        return 'precision float32'
+    with utils.silence_stderr():  # device discovery's C++ notices
+        gpus = tf.config.list_physical_devices('GPU')
+    if precision == 'mixed_float16':
+        if not gpus:
+            raise UserError('precision mixed_float16 needs a CUDA GPU and none is visible; pass --precision '
+                            'mixed_bfloat16 (CPUs with AMX or AVX512-BF16) or float32')
+        major, minor = tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0))
+        fast = major >= 7
+        return (f'precision mixed_float16 (CUDA float16 rewrite, dynamic loss scaling): GPU compute capability '
+                f'{major}.{minor}, ' + ('tensor cores run float16' if fast else 'no tensor cores: likely slower'))
+    found = [name for flag, name in (('amx_bf16', 'AMX-BF16'), ('avx512_bf16', 'AVX512-BF16')) if flag in cpu_flags()]
+    return ('precision mixed_bfloat16 (oneDNN bfloat16 rewrite of the CPU ops): '
+            + (f'this CPU has {" and ".join(found)}' if found else
+               'this CPU has neither AMX-BF16 nor AVX512-BF16: it will likely be slower than float32')
+            + ('; the GPU ops stay float32' if gpus else ''))
 
 
 # ---------------------------------------------------------------- towers
@@ -170,7 +211,7 @@ def start_server(config, cluster):
     try:
         with utils.silence_stderr():
             return tf1.train.Server(tf1.train.ClusterSpec(cluster), job_name=job, task_index=task,
-                                    config=session_config(config))
+                                    config=session_config(config, training=True))
     except (tf.errors.OpError, ValueError) as error:
         raise UserError(f'cannot start {job} task {task} on {address} ({str(error).splitlines()[0]}); is the '
                         f'port in use, or the address not this machine\'s? fix --{job}_hosts or TF_CONFIG')
@@ -216,7 +257,7 @@ TrainingSession = collections.namedtuple('TrainingSession', 'run raw should_stop
 def local_session(config, graph, model, checkpoint):
     """One process: a plain session, restored from checkpoint (shape-checked) or freshly initialised."""
     graph.finalize()  # a training loop that adds ops would leak memory every step: forbid it
-    with tf1.Session(graph=graph, config=session_config(config)) as sess:
+    with tf1.Session(graph=graph, config=session_config(config, training=True)) as sess:
         if checkpoint:
             utils.restore_checkpoint(sess, model.saver, checkpoint)
         else:
@@ -233,7 +274,7 @@ def cluster_session(config, cluster, server, graph, model, checkpoint, last_step
     task, workers = config['task'], len(cluster['worker'])
     chief = task == 0
     # This worker's sessions see only the parameter servers and itself, not wait for the other workers.
-    worker_config = session_config(config)
+    worker_config = session_config(config, training=True)
     worker_config.device_filters.extend(['/job:ps', f'/job:worker/task:{task}'])
     with graph.as_default():
         finished = tf.group([queue.enqueue(task) for queue in finished_queues(cluster)])

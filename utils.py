@@ -156,7 +156,7 @@ def check_config(config):
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
     choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global'),
-               'output_head': ('dense_sigmoid', 'conv_tanh')}
+               'output_head': ('dense_sigmoid', 'conv_tanh'), 'precision': ('float32', 'mixed_bfloat16', 'mixed_float16')}
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise UserError(f'{key} must be one of {", ".join(allowed)}, got {config[key]!r}; fix it with --{key}')

@@ -321,11 +321,15 @@ def build_training_graph(config, feed_input=False, cluster=None):
         model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
 
     global_step = tf1.train.get_or_create_global_step()
-    optimizer = deploy.replicated_optimizer(tf1.train.AdamOptimizer(config['learning_rate']), config, cluster)
+    optimizer = tf1.train.AdamOptimizer(config['learning_rate'])
+    if config['precision'] == 'mixed_float16':  # float16 gradients underflow: scale the loss, skip overflowed steps
+        optimizer = tf1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, 'dynamic')
+    optimizer = deploy.replicated_optimizer(optimizer, config, cluster)
     endpoints, gradients = deploy.create_clones(config, model_input,
                                                 lambda share: build_vae(share, config, training=True), optimizer)
-    finite = tf.logical_and(tf.math.is_finite(endpoints.loss),
-                            tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
+    finite = tf.math.is_finite(endpoints.loss)
+    if config['precision'] != 'mixed_float16':  # (with loss scaling an overflowed gradient only skips its step)
+        finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
     with tf.control_dependencies(moving_average_updates(config)):
         train_op = optimizer.apply_gradients(gradients, global_step=global_step)
     with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
@@ -357,11 +361,30 @@ def save_grids(sess, model, config, epoch, fixed_images, latents, writer):
     writer.flush()
 
 
+def float32_restorer(config):
+    """restore(checkpoint) -> (session, InferenceGraph): a float32 inference graph with its own session, for the
+    test ELBO of a mixed-precision run (its training session runs under the rewrite), restored from each
+    checkpoint as it is saved (which also shows that checkpoint restores in float32)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        inference = build_inference_graph(config)
+        saver = tf1.train.Saver()  # the model's variables: no step counter, no optimizer slots
+    graph.finalize()
+    sess = tf1.Session(graph=graph, config=deploy.session_config(config))
+
+    def restore(checkpoint):
+        saver.restore(sess, checkpoint)
+        return sess, inference
+    return restore
+
+
 def evaluation_set(config, data):
-    """What every save looks at, made once per run: the grids' fixed images and latents, and the test images."""
+    """What every save looks at, made once per run: the grids' fixed images and latents, the test images, and
+    for mixed precision the float32 graph the test ELBO is computed in."""
     return {'grid_images': datasets.evaluation_images(config, data['grid_images'])[:GRID_SIDE * GRID_SIDE],
             'latents': fixed_latents(config, GRID_SIDE * GRID_SIDE),
-            'test_images': datasets.evaluation_images(config, data['test_images'])}
+            'test_images': datasets.evaluation_images(config, data['test_images']),
+            'float32': None if config['precision'] == 'float32' else float32_restorer(config)}
 
 
 def saves_after(config, epoch):
@@ -384,12 +407,13 @@ def save_checkpoint(sess, model, config, name):
 
 def save_epoch(sess, model, config, evaluation, epoch, writer):
     """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO."""
-    save_checkpoint(sess, model, config, f'model_{epoch}')
+    path = save_checkpoint(sess, model, config, f'model_{epoch}')
+    step = sess.run(model.global_step)
     save_grids(sess, model, config, epoch, evaluation['grid_images'], evaluation['latents'], writer)
-    inference = model.inference
-    test_nelbo = run_in_batches(sess, inference.negative_elbo, inference.images, evaluation['test_images']).mean()
+    scoring, inference = (sess, model.inference) if evaluation['float32'] is None else evaluation['float32'](path)
+    test_nelbo = run_in_batches(scoring, inference.negative_elbo, inference.images, evaluation['test_images']).mean()
     writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats', simple_value=test_nelbo)]),
-                       sess.run(model.global_step))
+                       step)
     print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
 
 
@@ -545,6 +569,7 @@ def train(config, data, cluster=None):
     status 128 + signal; a one-process run resumes inside its epoch at the same shuffled position.
     """
     chief = cluster is None or config['task'] == 0
+    print(deploy.precision_line(config), flush=True)
     server = deploy.start_server(config, cluster) if cluster else None
     if chief:
         utils.make_run_folders(config)

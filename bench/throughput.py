@@ -3,6 +3,7 @@
     python bench/throughput.py                           # MNIST: 5 rounds of one timed epoch (234 steps) per case
     python bench/throughput.py --repeats 3 --num_threads 1   # config keys override as in vae.py
     python bench/throughput.py --dataset celebA          # CelebA: 5 rounds of 4 steps per case, and the input alone
+    python bench/throughput.py --precisions float32,mixed_bfloat16 --repeats 3   # precisions x batch 256, 512
 
 Each timed run is a process of its own (so its peak memory is its own); the cases alternate round by round,
 since this shared machine's speed drifts. It runs the training step exactly as
@@ -89,6 +90,7 @@ def time_steps(config, data, mode, repeats, steps):
     batch_size = config['batch_size']
     per_epoch = len(train) // batch_size
     fetches = [model.train_op, model.endpoints.loss, model.endpoints.reconstruction_loss, model.endpoints.kl]
+    losses = []
     state = {'position': per_epoch, 'epoch': 0, 'order': None}
 
     def step():
@@ -99,7 +101,7 @@ def time_steps(config, data, mode, repeats, steps):
                                                             model.input.shuffle_seed: state['epoch']})
             state['order'] = np.random.RandomState(state['epoch']).permutation(len(train))
         if mode == 'tf.data':
-            sess.run(fetches)
+            losses.append(sess.run(fetches)[1])
         else:
             position = state['position']
             chosen = train[state['order'][position * batch_size:(position + 1) * batch_size]]
@@ -108,16 +110,17 @@ def time_steps(config, data, mode, repeats, steps):
         state['position'] += 1
 
     rates = []
-    with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
+    with tf1.Session(graph=graph, config=deploy.session_config(config, training=True)) as sess:
         sess.run(model.init)
         for _ in range(min(20, steps)):  # graph optimisation, thread pools and allocations settle
             step()
         for _ in range(repeats):
+            losses.clear()
             start = time.perf_counter()
             for _ in range(steps):
                 step()
             rates.append(steps * batch_size / (time.perf_counter() - start))
-    return rates
+    return rates, float(np.mean(losses)) if losses else None
 
 
 def time_input(config, data, mode, images=2048):
@@ -161,8 +164,15 @@ def run_case(config, options):
         cached = mode == 'input-cache'
         config = {**config, 'celebA_cache': cached}
         result = {'rate': time_input(config, datasets.load_dataset(config), 'pil' if mode == 'input-pil' else 'tf.data')}
+    elif mode.startswith('precision:'):  # precision:<precision>:<batch size>, one epoch of the same images
+        _, precision, batch = mode.split(':')
+        config = {**config, 'precision': precision, 'batch_size': int(batch)}
+        data = datasets.load_dataset(config)
+        rates, loss = time_steps(config, data, 'tf.data', options['repeats'], len(data['train']) // int(batch))
+        result = {'rates': rates, 'loss': loss}
     else:
-        result = {'rates': time_steps(config, datasets.load_dataset(config), mode, options['repeats'], options['steps'])}
+        rates, _ = time_steps(config, datasets.load_dataset(config), mode, options['repeats'], options['steps'])
+        result = {'rates': rates}
     result['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -174,8 +184,50 @@ def measure(argv, case):
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def rewritten_ops(config):
+    """(ops computing in the half type, casts, all ops) of one training step's graph as TensorFlow ran it under the
+    precision's rewrite (the partition graphs of a traced step)."""
+    data = datasets.load_dataset(config)
+    with tf.Graph().as_default() as graph:
+        model = vae.build_training_graph(config)
+    graph.finalize()
+    with tf1.Session(graph=graph, config=deploy.session_config(config, training=True)) as sess:
+        sess.run(model.init)
+        sess.run(model.input.iterator.initializer, {model.input.train_data: data['train'],
+                                                    model.input.shuffle_seed: 0})
+        metadata = tf1.RunMetadata()
+        sess.run(model.train_op, options=tf1.RunOptions(output_partition_graphs=True), run_metadata=metadata)
+    nodes = [node for partition in metadata.partition_graphs for node in partition.node]
+    half = (tf.bfloat16 if config['precision'] == 'mixed_bfloat16' else tf.float16).as_datatype_enum
+    converted = [node for node in nodes if node.op != 'Cast' and
+                 any(node.attr[key].type == half for key in ('T', 'dtype') if key in node.attr)]
+    return len(converted), sum(node.op == 'Cast' for node in nodes), len(nodes)
+
+
+def precision_table(argv, config, options, ceiling, flops):
+    """Each precision at each batch size: images/s of one epoch, alternated round by round, its ratio to float32
+    at the same batch size, and the mean loss over that epoch (the same images and order for every case)."""
+    cases = [(precision, int(batch)) for precision in options['precisions'].split(',')
+             for batch in options['batch_sizes'].split(',')]
+    rates, losses = {case: [] for case in cases}, {}
+    for _ in range(options['repeats']):
+        for precision, batch in cases:
+            measured = measure(argv + ['--repeats', '1'], f'precision:{precision}:{batch}')
+            rates[(precision, batch)] += measured['rates']
+            losses[(precision, batch)] = measured['loss']
+    print(f'| {"precision":<15} | {"batch":>5} | {"images/s median":>15} | {"min - max":>15} | {"vs float32":>10} | '
+          f'{"% of fp32 ceiling":>17} | {"epoch mean loss":>15} |')
+    print(f'| {"-" * 15} | {"-" * 4}:| {"-" * 15}:| {"-" * 15}:| {"-" * 10}:| {"-" * 17}:| {"-" * 15}:|')
+    for precision, batch in cases:
+        median = np.median(rates[(precision, batch)])
+        base = np.median(rates[('float32', batch)]) if ('float32', batch) in rates else float('nan')
+        print(f'| {precision:<15} | {batch:>5} | {median:>15,.1f} | {min(rates[(precision, batch)]):>7,.1f}-'
+              f'{max(rates[(precision, batch)]):<7,.1f} | {median / base:>9.2f}x | '
+              f'{100 * median * flops / (ceiling * 1e9):>16.1f}% | {losses[(precision, batch)]:>15.5f} |')
+
+
 def main(argv):
-    flags = {'repeats': 5, 'steps': 0, 'case': ''}
+    flags = {'repeats': 5, 'steps': 0, 'case': '', 'precisions': '', 'batch_sizes': '256,512'}
     config, options = utils.parse_command_line(argv, flags)
     celeba = config['dataset'] == 'celebA'
     if config['dataset'] == 'MNIST' and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
@@ -197,6 +249,14 @@ def main(argv):
           f'untimed steps); {os.cpu_count()} cores')
     if celeba:
         print(f'data: {config["data_directory"]}')
+    if options['precisions']:
+        print(deploy.precision_line({**config, 'precision': 'mixed_bfloat16'}))
+        for precision in options['precisions'].split(','):
+            if precision != 'float32':
+                converted, casts, total = rewritten_ops({**config, 'precision': precision})
+                print(f'{precision}: a traced training step ran {converted} of its {total} ops in {precision[6:]}, '
+                      f'with {casts} casts')
+        return precision_table(argv, config, options, ceiling, flops)
     # This machine's speed drifts (a shared host: the matmul above varies by up to 1.7x between runs), so the
     # two cases alternate, one timed run each per round, rather than one case after the other.
     results = {'tf.data': {'rates': [], 'peak_mib': 0}, 'feed_dict': {'rates': [], 'peak_mib': 0}}

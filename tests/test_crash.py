@@ -66,8 +66,13 @@ def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp
         if rounds % 2:
             mid_write = wait_for_checkpoint_write(run, timeout=30, stale=stale)
             lines = []
-        else:  # right after a random one of the lines it prints: mid-save, mid-epoch, or while starting
-            lines = [line for line, _ in zip(process.stdout, range(rng.randint(1, 4)))]
+        else:  # right after a random one of its epoch and save lines: mid-save or mid-epoch
+            lines, wanted = [], rng.randint(1, 3)
+            for line in process.stdout:
+                lines.append(line)
+                wanted -= line.startswith(('epoch ', 'saved '))
+                if not wanted:
+                    break
             mid_write = False
         process.send_signal(signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
