@@ -46,14 +46,19 @@ def cpu_flags():
         return set()
 
 
+def visible_gpus():
+    """The GPUs TensorFlow sees (device discovery's C++ notices kept off the console)."""
+    with utils.silence_stderr():
+        return tf.config.list_physical_devices('GPU')
+
+
 def precision_line(config):
     """One line naming the training precision and whether this machine accelerates it; mixed_float16 without a
     GPU is a one-line error."""
     precision = config['precision']
     if precision == 'float32':
         return 'precision float32'
-    with utils.silence_stderr():  # device discovery's C++ notices
-        gpus = tf.config.list_physical_devices('GPU')
+    gpus = visible_gpus()
     if precision == 'mixed_float16':
         if not gpus:
             raise UserError('precision mixed_float16 needs a CUDA GPU and none is visible; pass --precision '
@@ -81,7 +86,7 @@ def tower_devices(config):
         return [f'/cpu:{i}' for i in range(count)]
     if count == 1:
         return ['']
-    gpus = len(tf.config.list_physical_devices('GPU'))
+    gpus = len(visible_gpus())
     if count > gpus:
         raise UserError(f'num_clones={count} towers need {count} GPUs but {gpus} are visible; pass '
                         f'--clone_on_cpu true to put them on CPU devices, or --num_clones {max(gpus, 1)}')
