@@ -137,16 +137,20 @@ def parse_command_line(argv, flags=()):
 
 def check_config(config):
     """Reject values that cannot train, with the key to fix."""
-    for key in ('z_dim', 'batch_size', 'num_epoch', 'image_height', 'image_width', 'image_channels',
+    for key in ('z_dim', 'batch_size', 'num_epoch', 'train_samples', 'image_height', 'image_width', 'image_channels',
                 'kernel_size', 'save_every', 'summary_every'):
         if config[key] <= 0:
             raise UserError(f'{key} must be positive, got {config[key]}; fix it in config.py or with --{key}')
-    for key in ('learning_rate', 'init_stddev', 'bn_epsilon'):
+    for key in ('learning_rate', 'init_stddev', 'bn_epsilon', 'kl_cycle_epochs', 'kl_cycle_ramp'):
         if not 0 < config[key] < math.inf:
             raise UserError(f'{key} must be positive and finite, got {config[key]}; fix it in config.py or with '
                             f'--{key}')
-    if not 0 <= config['kl_weight'] < math.inf:
-        raise UserError(f'kl_weight must be >= 0 and finite, got {config["kl_weight"]}; fix it with --kl_weight')
+    for key in ('kl_weight', 'kl_warmup_epochs', 'free_bits'):
+        if not 0 <= config[key] < math.inf:
+            raise UserError(f'{key} must be >= 0 and finite, got {config[key]}; fix it with --{key}')
+    if not 0 < config['kl_cycle_ramp'] <= 1 or not 0 < config['learning_rate_decay'] <= 1:
+        raise UserError('kl_cycle_ramp and learning_rate_decay must be in (0, 1], got '
+                        f'{config["kl_cycle_ramp"]} and {config["learning_rate_decay"]}')
     if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
         raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
                         'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')
@@ -156,7 +160,9 @@ def check_config(config):
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
     choices = {'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'), 'decoder_variance': ('pixel', 'global'),
-               'output_head': ('dense_sigmoid', 'conv_tanh'), 'precision': ('float32', 'mixed_bfloat16', 'mixed_float16')}
+               'output_head': ('dense_sigmoid', 'conv_sigmoid', 'conv_tanh'),
+               'precision': ('float32', 'mixed_bfloat16', 'mixed_float16'),
+               'kl_schedule': ('constant', 'linear', 'cyclical'), 'objective': ('elbo', 'iwae')}
     for key, allowed in choices.items():
         if config[key] not in allowed:
             raise UserError(f'{key} must be one of {", ".join(allowed)}, got {config[key]!r}; fix it with --{key}')
@@ -174,19 +180,21 @@ def check_config(config):
         config['decoder_strides']
     if not layers or min(layers) <= 0:
         raise UserError('encoder/decoder filters and strides must be positive')
-    if config['output_head'] == 'conv_tanh' and config['decoder_filters'][-1] != config['image_channels']:
-        raise UserError(f'with output_head conv_tanh the last of decoder_filters is the image: it must be '
+    head = config['output_head']
+    if head != 'dense_sigmoid' and config['decoder_filters'][-1] != config['image_channels']:
+        raise UserError(f'with output_head {head} the last of decoder_filters is the image: it must be '
                         f'image_channels={config["image_channels"]}, got {config["decoder_filters"][-1]}')
-    if config['output_head'] == 'conv_tanh':
+    if head != 'dense_sigmoid':
         decoded = [-(-size // int(np.prod(config['encoder_strides']))) * int(np.prod(config['decoder_strides']))
                    for size in (config['image_height'], config['image_width'])]
         if decoded != [config['image_height'], config['image_width']]:
-            raise UserError(f'with output_head conv_tanh the decoder\'s last transposed conv is the image, but its '
+            raise UserError(f'with output_head {head} the decoder\'s last transposed conv is the image, but its '
                             f'strides make {decoded[0]}x{decoded[1]} images, not {config["image_height"]}x'
                             f'{config["image_width"]}; fix encoder_strides / decoder_strides, or use output_head '
                             'dense_sigmoid (a dense layer maps any size to the image)')
-    if config['likelihood'] == 'bernoulli' and config['output_head'] != 'dense_sigmoid':
-        raise UserError('likelihood bernoulli needs output_head dense_sigmoid (pixel probabilities in [0, 1])')
+    if config['likelihood'] == 'bernoulli' and head == 'conv_tanh':
+        raise UserError('likelihood bernoulli needs pixel probabilities in [0, 1]: output_head dense_sigmoid or '
+                        'conv_sigmoid, not conv_tanh')
     if config['num_train_images'] < 0:
         raise UserError(f'num_train_images must be >= 0 (0 = all), got {config["num_train_images"]}')
     if config['num_clones'] < 1 or config['batch_size'] % config['num_clones']:

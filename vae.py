@@ -43,56 +43,75 @@ def weight(name, shape, stddev):
     return tf1.get_variable(name, shape, initializer=tf1.truncated_normal_initializer(stddev=stddev))
 
 
-def dense(x, units, name, stddev):
+def dense(x, units, name, stddev, fold=None):
     with tf1.variable_scope(name):
         w = weight('w', [x.shape[-1], units], stddev)
         b = tf1.get_variable('b', [units], initializer=tf1.zeros_initializer())
+        if fold:  # (x w + b) * multiplier + shift
+            return tf.matmul(x, w * fold[0]) + (b * fold[0] + fold[1])
         return tf.matmul(x, w) + b
 
 
-# The convolutions carry no bias: the batch norm after each one has its own offset.
-def conv2d(x, filters, kernel_size, stride, name, stddev):
+# The convolutions carry no bias: the batch norm after each one has its own offset. `fold` is an inference-mode
+# batch norm (folded_batch_norm) merged into the weights: one convolution with a bias instead of three ops.
+def conv2d(x, filters, kernel_size, stride, name, stddev, fold=None):
     with tf1.variable_scope(name):
         w = weight('w', [kernel_size, kernel_size, x.shape[-1], filters], stddev)
+        if fold:
+            return tf.nn.bias_add(tf.nn.conv2d(x, w * fold[0], strides=stride, padding='SAME'), fold[1])
         return tf.nn.conv2d(x, w, strides=stride, padding='SAME')
 
 
-def deconv2d(x, filters, kernel_size, stride, name, stddev):
+def deconv2d(x, filters, kernel_size, stride, name, stddev, fold=None):
     """Transposed convolution that multiplies height and width by stride."""
     with tf1.variable_scope(name):
         w = weight('w', [kernel_size, kernel_size, filters, x.shape[-1]], stddev)
         height, width = x.shape[1] * stride, x.shape[2] * stride
         output_shape = tf.stack([tf.shape(x)[0], height, width, filters])
+        if fold:  # the output channels are the weights' third axis
+            w = w * fold[0][:, None]
         y = tf.nn.conv2d_transpose(x, w, output_shape, strides=stride, padding='SAME')
-        return tf.ensure_shape(y, [None, height, width, filters])
+        y = tf.ensure_shape(y, [None, height, width, filters])
+        return tf.nn.bias_add(y, fold[1]) if fold else y
 
 
-def batch_norm(x, name, training, epsilon):
-    """Batch norm over all axes but the last: batch statistics while training, moving averages otherwise.
-
-    Training adds the moving averages and the batch moments to the MOVING_AVERAGES and BATCH_MOMENTS
-    collections; the training graph turns them into one update per moving average (moving_average_updates).
-    """
+def batch_norm_variables(name, channels):
+    """scale, offset, moving_mean, moving_variance of one batch norm."""
     with tf1.variable_scope(name):
-        channels = x.shape[-1]
-        scale = tf1.get_variable('scale', [channels], initializer=tf1.ones_initializer())
-        offset = tf1.get_variable('offset', [channels], initializer=tf1.zeros_initializer())
-        moving_mean = tf1.get_variable('moving_mean', [channels], initializer=tf1.zeros_initializer(),
-                                       trainable=False)
-        moving_variance = tf1.get_variable('moving_variance', [channels], initializer=tf1.ones_initializer(),
-                                           trainable=False)
-        # The fused kernel is the fast path on CPU and GPU; it wants NHWC, so dense features become 1x1 maps.
-        x4 = x if x.shape.ndims == 4 else tf.reshape(x, [-1, 1, 1, channels])
-        if training:
-            y, mean, variance = tf1.nn.fused_batch_norm(x4, scale, offset, epsilon=epsilon,
-                                                        is_training=True)
-            for moving_average, moment in ((moving_mean, mean), (moving_variance, variance)):
-                tf1.add_to_collection(MOVING_AVERAGES, moving_average)
-                tf1.add_to_collection(BATCH_MOMENTS, moment)
-        else:
-            y, _, _ = tf1.nn.fused_batch_norm(x4, scale, offset, mean=moving_mean, variance=moving_variance,
-                                              epsilon=epsilon, is_training=False)
-        return tf.reshape(y, tf.shape(x)) if x.shape.ndims != 4 else y
+        return (tf1.get_variable('scale', [channels], initializer=tf1.ones_initializer()),
+                tf1.get_variable('offset', [channels], initializer=tf1.zeros_initializer()),
+                tf1.get_variable('moving_mean', [channels], initializer=tf1.zeros_initializer(), trainable=False),
+                tf1.get_variable('moving_variance', [channels], initializer=tf1.ones_initializer(), trainable=False))
+
+
+def batch_norm(x, name, epsilon):
+    """Training batch norm over all axes but the last, with the batch's statistics. Adds the moving averages and
+    the batch moments to the MOVING_AVERAGES and BATCH_MOMENTS collections; the training graph turns them into
+    one update per moving average (moving_average_updates)."""
+    scale, offset, moving_mean, moving_variance = batch_norm_variables(name, x.shape[-1])
+    # The fused kernel is the fast path on CPU and GPU; it wants NHWC, so dense features become 1x1 maps.
+    x4 = x if x.shape.ndims == 4 else tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    y, mean, variance = tf1.nn.fused_batch_norm(x4, scale, offset, epsilon=epsilon, is_training=True)
+    for moving_average, moment in ((moving_mean, mean), (moving_variance, variance)):
+        tf1.add_to_collection(MOVING_AVERAGES, moving_average)
+        tf1.add_to_collection(BATCH_MOMENTS, moment)
+    return tf.reshape(y, tf.shape(x)) if x.shape.ndims != 4 else y
+
+
+def folded_batch_norm(name, channels, epsilon):
+    """Inference batch norm as (multiplier, shift) per channel, from the moving averages: the layer before it
+    multiplies its weights and adds the shift (the fold argument of dense, conv2d, deconv2d)."""
+    scale, offset, moving_mean, moving_variance = batch_norm_variables(name, channels)
+    multiplier = scale * tf.math.rsqrt(moving_variance + epsilon)
+    return multiplier, offset - moving_mean * multiplier
+
+
+def normalized_relu(layer, name, channels, training, epsilon):
+    """relu(batch_norm(layer)): layer(fold) is a dense or (transposed) convolution taking folded_batch_norm's
+    pair, or None while training, where the batch's statistics normalise its output."""
+    if training:
+        return tf.nn.relu(batch_norm(layer(None), name, epsilon))
+    return tf.nn.relu(layer(folded_batch_norm(name, channels, epsilon)))
 
 
 # ---------------------------------------------------------------- model
@@ -103,7 +122,8 @@ def encoder(images, config, training):
         k, stddev, epsilon = config['kernel_size'], config['init_stddev'], config['bn_epsilon']
         h = images
         for i, (filters, stride) in enumerate(zip(config['encoder_filters'], config['encoder_strides'])):
-            h = tf.nn.relu(batch_norm(conv2d(h, filters, k, stride, f'conv{i}', stddev), f'bn{i}', training, epsilon))
+            h = normalized_relu(lambda fold: conv2d(h, filters, k, stride, f'conv{i}', stddev, fold), f'bn{i}',
+                                filters, training, epsilon)
         h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
         z_mean = dense(h, config['z_dim'], 'z_mean', stddev)
         z_std = tf.nn.softplus(dense(h, config['z_dim'], 'z_std', stddev)) + MIN_STD
@@ -120,8 +140,8 @@ def encoder_output_shape(config):
 
 def decoder(z, config, training):
     """p(x|z): dense -> BN -> ReLU -> reshape, then transposed conv blocks with decoder_strides, and the output
-    head: 'dense_sigmoid' (MNIST: BN -> ReLU after the last transposed conv, then a dense layer to the pixels)
-    or 'conv_tanh' (CelebA: the last transposed conv is the output).
+    head: 'dense_sigmoid' (MNIST: BN -> ReLU after the last transposed conv, then a dense layer to the pixels),
+    or 'conv_tanh' (CelebA) / 'conv_sigmoid' (the last transposed conv is the output).
 
     Returns the image-shaped pre-activation; decoded_image() of it is the decoded image (the Gaussian mean,
     or for 'bernoulli' the pixel probabilities).
@@ -129,15 +149,16 @@ def decoder(z, config, training):
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         k, stddev, epsilon = config['kernel_size'], config['init_stddev'], config['bn_epsilon']
         start = encoder_output_shape(config)
-        h = tf.nn.relu(batch_norm(dense(z, int(np.prod(start)), 'fc', stddev), 'bn_fc', training, epsilon))
+        units = int(np.prod(start))
+        h = normalized_relu(lambda fold: dense(z, units, 'fc', stddev, fold), 'bn_fc', units, training, epsilon)
         h = tf.reshape(h, [-1, *start])
         shape = utils.image_shape(config)
         layers = list(zip(config['decoder_filters'], config['decoder_strides']))
         for i, (filters, stride) in enumerate(layers):
-            h = deconv2d(h, filters, k, stride, f'deconv{i}', stddev)
-            if config['output_head'] == 'conv_tanh' and i == len(layers) - 1:
-                return h
-            h = tf.nn.relu(batch_norm(h, f'bn{i}', training, epsilon))
+            if config['output_head'] != 'dense_sigmoid' and i == len(layers) - 1:
+                return deconv2d(h, filters, k, stride, f'deconv{i}', stddev)
+            h = normalized_relu(lambda fold: deconv2d(h, filters, k, stride, f'deconv{i}', stddev, fold), f'bn{i}',
+                                filters, training, epsilon)
         # The transposed convs overshoot (28 -> 32 for MNIST); a dense layer maps back to the image.
         h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
         logits = dense(h, int(np.prod(shape)), 'output', stddev)
@@ -177,9 +198,14 @@ def log_likelihood(images, logits, config):
     return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + log_variance + squared_error * tf.exp(-log_variance), axes)
 
 
+def kl_per_dimension(z_mean, z_std):
+    """KL(N(z_mean, z_std^2) || N(0, 1)) of each latent dimension of each example, in closed form."""
+    return 0.5 * (tf.square(z_mean) + tf.square(z_std) - 2.0 * tf.math.log(z_std) - 1.0)
+
+
 def kl_divergence(z_mean, z_std):
-    """KL(N(z_mean, z_std^2) || N(0, I)) in closed form, summed over latent dimensions: one value per example."""
-    return 0.5 * tf.reduce_sum(tf.square(z_mean) + tf.square(z_std) - 2.0 * tf.math.log(z_std) - 1.0, axis=1)
+    """KL(N(z_mean, z_std^2) || N(0, I)) summed over latent dimensions: one value per example."""
+    return tf.reduce_sum(kl_per_dimension(z_mean, z_std), axis=1)
 
 
 def normal_log_density(z, mean, std):
@@ -187,52 +213,89 @@ def normal_log_density(z, mean, std):
     return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + 2.0 * tf.math.log(std) + tf.square((z - mean) / std), axis=-1)
 
 
-def importance_log_weights(images, z_mean, z_std, log_likelihood_fn, k):
-    """[k, batch] log w = log p(x|z) + log p(z) - log q(z|x) for k samples z ~ q(z|x) per image.
+def posterior_samples(images, z_mean, z_std, noise):
+    """k samples z = z_mean + z_std * noise of q(z|x) per image (noise: [k, batch, z_dim] standard normal).
+    Returns the images and the samples flattened to k * batch rows, sample-major (each image beside its sample),
+    and log p(z) - log q(z|x) of each sample, [k, batch]."""
+    z = z_mean + z_std * noise
+    log_prior_ratio = normal_log_density(z, 0.0, 1.0) - normal_log_density(z, z_mean, z_std)
+    k, batch = tf.shape(noise)[0], tf.shape(noise)[1]
+    flat = lambda t: tf.reshape(t, tf.concat([[k * batch], tf.shape(t)[2:]], 0))
+    tiled = tf.tile(images[None], [k] + [1] * images.shape.ndims)
+    return flat(tiled), flat(z), log_prior_ratio
+
+
+def importance_log_weights(images, z_mean, z_std, log_likelihood_fn, noise):
+    """[k, batch] log w = log p(x|z) + log p(z) - log q(z|x) for the samples z = z_mean + z_std * noise of q(z|x).
 
     Their mean over k estimates the ELBO; log-mean-exp over k is the importance-weighted bound of
     Burda et al. (2015), which tightens towards log p(x) as k grows. log_likelihood_fn(images, z) gives
     log p(x|z) for a flat batch.
     """
-    batch, z_dim = tf.shape(z_mean)[0], tf.shape(z_mean)[1]
-    z = z_mean + z_std * tf.random.normal([k, batch, z_dim])
-    log_q = normal_log_density(z, z_mean, z_std)
-    log_prior = normal_log_density(z, 0.0, 1.0)
-    tiled = tf.tile(images[None], [k] + [1] * images.shape.ndims)
-    flat = lambda t: tf.reshape(t, tf.concat([[k * batch], tf.shape(t)[2:]], 0))
-    log_px = tf.reshape(log_likelihood_fn(flat(tiled), flat(z)), [k, batch])
-    return log_px + log_prior - log_q
+    flat_images, flat_z, log_prior_ratio = posterior_samples(images, z_mean, z_std, noise)
+    return tf.reshape(log_likelihood_fn(flat_images, flat_z), tf.shape(log_prior_ratio)) + log_prior_ratio
+
+
+def log_mean_exp(values, axis=0):
+    return tf.reduce_logsumexp(values, axis) - tf.math.log(tf.cast(tf.shape(values)[axis], values.dtype))
+
+
+def kl_term(z_mean, z_std, free_bits):
+    """The KL term of the loss, batch-mean nats: the KL itself, or with free bits (Kingma et al. 2016) the sum over
+    latent dimensions of max(free_bits, the dimension's batch-mean KL), so a dimension below free_bits nats gets
+    no gradient from it (it may carry that much information for free)."""
+    if not free_bits:
+        return tf.reduce_mean(kl_divergence(z_mean, z_std))
+    return tf.reduce_sum(tf.maximum(float(free_bits), tf.reduce_mean(kl_per_dimension(z_mean, z_std), axis=0)))
 
 
 # What build_vae computes on a batch of images.
 Endpoints = collections.namedtuple('Endpoints', [
     'z_mean', 'z_std',          # the posterior q(z|x) = N(z_mean, z_std^2), per image
-    'z',                        # the latent decoded: a sample of q(z|x) in training, z_mean otherwise
-    'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits)
-    'reconstruction_loss',      # batch-mean squared error of the reconstruction
-    'kl',                       # batch-mean KL(q(z|x) || N(0, I)) in nats
+    'z',                        # the latents decoded: train_samples samples of q(z|x) per image in training
+                                # (sample-major, posterior_samples), z_mean otherwise
+    'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits), per z
+    'reconstruction_loss',      # mean squared error of the reconstructions
+    'kl',                       # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule)
     'loss',                     # what training minimises (build_vae's docstring)
 ])
 
 
-def build_vae(images, config, training):
-    """The VAE on a batch of images in [0, 1]. Training decodes a reparameterised sample of q(z|x);
-    inference decodes the posterior mean, so reconstructions are deterministic.
+def build_vae(images, config, training, annealing=1.0):
+    """The VAE on a batch of images in [0, 1]. Training decodes train_samples reparameterised samples of q(z|x)
+    per image; inference decodes the posterior mean, so reconstructions are deterministic.
 
     With likelihood 'gaussian' the loss is the original's: per-pixel MSE + kl_weight * batch-mean KL, the
     negative ELBO of a Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels), divided by D and up to
-    a constant. With 'gaussian_learned' or 'bernoulli' it is the batch mean of the negative ELBO in nats.
+    a constant. With 'gaussian_learned' or 'bernoulli' it is the batch mean of the negative ELBO in nats. The KL
+    term is multiplied by `annealing` (kl_annealing's weight in [0, 1]) and floored by free_bits; the
+    reconstruction term is averaged over the samples.
+
+    Objective 'iwae' (Burda et al. 2015) adds the batch mean of mean_k(log w) - log mean_k(w), with log w =
+    log p(x|z) + annealing * (log p(z) - log q(z|x)): that turns the ELBO into the negative importance-weighted
+    bound of k samples (in expectation; scaled like the loss for 'gaussian'), and is exactly 0 for k = 1.
     """
     z_mean, z_std = encoder(images, config, training)
-    z = z_mean + z_std * tf.random.normal(tf.shape(z_mean)) if training else z_mean
+    k = config['train_samples'] if training else 1
+    if training:
+        noise = tf.random.normal(tf.concat([[k], tf.shape(z_mean)], 0))
+        flat_images, z, log_prior_ratio = posterior_samples(images, z_mean, z_std, noise)
+    else:
+        flat_images, z = images, z_mean
     logits = decoder(z, config, training)
     reconstruction = decoded_image(logits, config)
-    reconstruction_loss = tf.reduce_mean(tf.square(images - reconstruction))
+    reconstruction_loss = tf.reduce_mean(tf.square(flat_images - reconstruction))
     kl = tf.reduce_mean(kl_divergence(z_mean, z_std))
+    kl_loss = annealing * kl_term(z_mean, z_std, config['free_bits'] if training else 0)
+    log_px = log_likelihood(flat_images, logits, config)
     if config['likelihood'] == 'gaussian':
-        loss = reconstruction_loss + config['kl_weight'] * kl
+        loss = reconstruction_loss + config['kl_weight'] * kl_loss
     else:
-        loss = kl - tf.reduce_mean(log_likelihood(images, logits, config))
+        loss = kl_loss - tf.reduce_mean(log_px)
+    if training and config['objective'] == 'iwae':
+        log_weights = tf.reshape(log_px, [k, -1]) + annealing * log_prior_ratio
+        gap = tf.reduce_mean(tf.reduce_mean(log_weights, 0) - log_mean_exp(log_weights, 0))
+        loss += (config['kl_weight'] if config['likelihood'] == 'gaussian' else 1.0) * gap
     return Endpoints(z_mean, z_std, z, logits, reconstruction, reconstruction_loss, kl, loss)
 
 
@@ -246,7 +309,9 @@ InferenceGraph = collections.namedtuple('InferenceGraph', [
     'images',                   # placeholder: a batch of images
     'reconstruction', 'z_mean', 'z_std',  # their posterior-mean reconstruction and posterior
     'negative_elbo',            # per image, a one-sample estimate in nats under the decoder likelihood
-    'k', 'log_weights',         # placeholder k: [k, batch] importance log weights (importance_log_weights)
+    'k', 'noise_seed',          # placeholders: samples per image, and the [2] seed of their noise
+    'log_weights',              # [k, batch] importance log weights (importance_log_weights); the same seed
+                                # gives the same samples, whatever ran before
     'z', 'generation',          # placeholder: latents, and their decoded images
 ])
 
@@ -257,14 +322,16 @@ def build_inference_graph(config):
     images = tf1.placeholder(tf.float32, [None, *utils.image_shape(config)], name='eval_images')
     z = tf1.placeholder(tf.float32, [None, config['z_dim']], name='eval_z')
     k = tf1.placeholder(tf.int32, [], name='k')
+    noise_seed = tf1.placeholder_with_default(tf.constant([0, 0], tf.int64), [2], name='noise_seed')
     model = build_vae(images, config, training=False)
     decode_log_likelihood = lambda x, latents: log_likelihood(x, decoder(latents, config, training=False), config)
     z_sample = model.z_mean + model.z_std * tf.random.normal(tf.shape(model.z_mean))
     negative_elbo = kl_divergence(model.z_mean, model.z_std) - decode_log_likelihood(images, z_sample)
-    log_weights = importance_log_weights(images, model.z_mean, model.z_std, decode_log_likelihood, k)
+    noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(model.z_mean)], 0), noise_seed)
+    log_weights = importance_log_weights(images, model.z_mean, model.z_std, decode_log_likelihood, noise)
     generation = decoded_image(decoder(z, config, training=False), config)
-    return InferenceGraph(images, model.reconstruction, model.z_mean, model.z_std, negative_elbo, k, log_weights,
-                          z, generation)
+    return InferenceGraph(images, model.reconstruction, model.z_mean, model.z_std, negative_elbo, k, noise_seed,
+                          log_weights, z, generation)
 
 
 def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
@@ -289,6 +356,26 @@ def moving_average_updates(config):
             for variable, values in moments.values()]
 
 
+def kl_annealing(config, epoch):
+    """The weight of the KL term at a (fractional) epoch, in [0, 1]: 'constant' 1; 'linear' warm-up from 0 to 1
+    over kl_warmup_epochs (Bowman et al. 2016; Sonderby et al. 2016); 'cyclical' (Fu et al. 2019) restarts every
+    kl_cycle_epochs, rising from 0 to 1 over the first kl_cycle_ramp of each cycle and then holding 1. A function
+    of the global step only, so a resumed run and every worker of a cluster agree on it."""
+    if config['kl_schedule'] == 'linear':
+        return tf.minimum(1.0, epoch / config['kl_warmup_epochs']) if config['kl_warmup_epochs'] else tf.constant(1.0)
+    if config['kl_schedule'] == 'cyclical':
+        position = tf.math.floormod(epoch, config['kl_cycle_epochs']) / config['kl_cycle_epochs']
+        return tf.minimum(1.0, position / config['kl_cycle_ramp'])
+    return tf.constant(1.0)
+
+
+def learning_rate(config, epoch):
+    """Adam's step size at a (fractional) epoch: learning_rate * learning_rate_decay ** epoch."""
+    if config['learning_rate_decay'] == 1:
+        return tf.constant(config['learning_rate'])
+    return config['learning_rate'] * tf.pow(config['learning_rate_decay'], epoch)
+
+
 # What build_training_graph returns.
 TrainingGraph = collections.namedtuple('TrainingGraph', [
     'input',                    # the datasets.TrainingInput (None with feed_input)
@@ -297,6 +384,7 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
     'train_op', 'finite',       # one update; whether this step's loss and gradients were finite
     'weights_finite',           # whether every float variable is finite (checked before each save)
     'global_step', 'step_after_update',  # the update count, and its value once this step's update is applied
+    'annealing', 'learning_rate',  # this step's KL weight (kl_annealing) and step size (learning_rate)
     'summaries',                # the TensorBoard scalars of a step
     'optimizer',                # Adam (in SyncReplicasOptimizer on a synchronous cluster)
     'inference',                # build_inference_graph's outputs, sharing the weights
@@ -304,11 +392,12 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
 ])
 
 
-def build_training_graph(config, feed_input=False, cluster=None):
+def build_training_graph(config, steps_per_epoch, feed_input=False, cluster=None):
     """tf.data input, the training VAE on num_clones towers, Adam, the step counter, summaries and the inference
-    outputs in one graph. feed_input=True replaces the tf.data input by a placeholder fed per step (for the
-    benchmark). With a cluster ({'ps': [...], 'worker': [...]}), this worker reads its own shard of the data,
-    and with sync_replicas the optimizer waits for a gradient from every worker before each update."""
+    outputs in one graph. steps_per_epoch (in global steps) turns the step into the epoch the schedules follow.
+    feed_input=True replaces the tf.data input by a placeholder fed per step (for the benchmark). With a cluster
+    ({'ps': [...], 'worker': [...]}), this worker reads its own shard of the data, and with sync_replicas
+    the optimizer waits for a gradient from every worker before each update."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
     if feed_input:
         training_input = None
@@ -321,12 +410,14 @@ def build_training_graph(config, feed_input=False, cluster=None):
         model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
 
     global_step = tf1.train.get_or_create_global_step()
-    optimizer = tf1.train.AdamOptimizer(config['learning_rate'])
+    epoch = tf.cast(global_step, tf.float32) / steps_per_epoch
+    annealing, step_size = kl_annealing(config, epoch), learning_rate(config, epoch)
+    optimizer = tf1.train.AdamOptimizer(step_size)
     if config['precision'] == 'mixed_float16':  # float16 gradients underflow: scale the loss, skip overflowed steps
         optimizer = tf1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, 'dynamic')
     optimizer = deploy.replicated_optimizer(optimizer, config, cluster)
     endpoints, gradients = deploy.create_clones(config, model_input,
-                                                lambda share: build_vae(share, config, training=True), optimizer)
+                                                lambda share: build_vae(share, config, True, annealing), optimizer)
     finite = tf.math.is_finite(endpoints.loss)
     if config['precision'] != 'mixed_float16':  # (with loss scaling an overflowed gradient only skips its step)
         finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
@@ -336,13 +427,16 @@ def build_training_graph(config, feed_input=False, cluster=None):
         step_after_update = tf.identity(global_step.read_value())
     summaries = tf1.summary.merge([tf1.summary.scalar('loss', endpoints.loss),
                                    tf1.summary.scalar('reconstruction_loss', endpoints.reconstruction_loss),
-                                   tf1.summary.scalar('kl', endpoints.kl)])
+                                   tf1.summary.scalar('kl', endpoints.kl),
+                                   tf1.summary.scalar('kl_weight', annealing * (config['kl_weight'] if
+                                                      config['likelihood'] == 'gaussian' else 1.0)),
+                                   tf1.summary.scalar('learning_rate', step_size)])
     inference = build_inference_graph(config)
     weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(variable)) for variable in tf1.global_variables()
                                     if variable.dtype.base_dtype.is_floating])
     return TrainingGraph(training_input, images, endpoints, train_op, finite, weights_finite, global_step,
-                         step_after_update, summaries, optimizer, inference, tf1.global_variables_initializer(),
-                         tf1.train.Saver(max_to_keep=None))
+                         step_after_update, annealing, step_size, summaries, optimizer, inference,
+                         tf1.global_variables_initializer(), tf1.train.Saver(max_to_keep=None))
 
 
 # ---------------------------------------------------------------- saves
@@ -444,10 +538,11 @@ def stop_requests(enabled=True):
             signal.signal(signum, handler)
 
 
-def epoch_line(epoch, mean, images_per_second):
-    """The line printed after each epoch (the benchmarks and tests read it): mean loss, reconstruction, KL."""
+def epoch_line(epoch, mean, images_per_second, kl_weight=None):
+    """The line printed after each epoch (the benchmarks and tests read it): mean loss, reconstruction, KL, and
+    with a KL schedule the weight of the epoch's last step."""
     return (f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-            f'{images_per_second:.0f} images/s')
+            f'{images_per_second:.0f} images/s' + ('' if kl_weight is None else f'  kl weight {kl_weight:.4f}'))
 
 
 # What differs between one process and a cluster worker, for the one training loop.
@@ -481,7 +576,8 @@ def training_loop(sess, model, config, data, role, stop_signal):
     evaluation = evaluation_set(config, data) if role.chief else None
     endpoints = model.endpoints
     fetches = [model.train_op, model.finite, endpoints.loss, endpoints.reconstruction_loss, endpoints.kl,
-               model.step_after_update]
+               model.step_after_update, model.annealing]
+    scheduled = config['kl_schedule'] != 'constant'
     epoch_losses, totals, steps_run, steps_here = [], np.zeros(3), 0, 0
     next_summary = -(-step // every) * every  # summaries at every multiple of summary_every that a step starts at
 
@@ -495,12 +591,12 @@ def training_loop(sess, model, config, data, role, stop_signal):
         while step < role.last_step and not sess.should_stop():
             summarise = role.chief and step >= next_summary
             values = sess.run(fetches + [model.summaries] if summarise else fetches)
-            finite, losses, new_step = values[1], values[2:5], int(values[5])
+            finite, losses, new_step, annealing = values[1], values[2:5], int(values[5]), values[6]
             if not finite:
                 raise non_finite_error(config, role, f'the loss or its gradients became non-finite (loss {losses[0]})',
                                        step)
             if summarise:
-                writer.add_summary(values[6], step)
+                writer.add_summary(values[7], step)
                 next_summary = (step // every + 1) * every
             totals, steps_run, steps_here = totals + losses, steps_run + 1, steps_here + 1
             interrupted = bool(stop_signal)  # during this step; one during the saves below waits for the next step
@@ -516,7 +612,8 @@ def training_loop(sess, model, config, data, role, stop_signal):
                 if steps_run:
                     epoch_losses.append(totals[0] / steps_run)
                     images_per_second = steps_run * config['batch_size'] / (time.perf_counter() - start)
-                    print(epoch_line(epoch, totals / steps_run, images_per_second) + role.label, flush=True)
+                    print(epoch_line(epoch, totals / steps_run, images_per_second, annealing if scheduled else None)
+                          + role.label, flush=True)
                 if role.chief and saves_after(config, epoch):
                     sess.raw(lambda s: save_epoch(s, model, config, evaluation, epoch, writer))
                 totals, steps_run = np.zeros(3), 0
@@ -575,14 +672,14 @@ def train(config, data, cluster=None):
         utils.make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
-    graph = tf.Graph()
-    with graph.as_default(), deploy.variable_placement(config, cluster):
-        model = build_training_graph(config, cluster=cluster)
     images_per_step = utils.images_per_update(config)
     steps_per_epoch = len(data['train']) // images_per_step
     if steps_per_epoch == 0:
         raise UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
                         'lower --batch_size or train on more images')
+    graph = tf.Graph()
+    with graph.as_default(), deploy.variable_placement(config, cluster):
+        model = build_training_graph(config, steps_per_epoch, cluster=cluster)
     with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
         checkpoint = resume_point(config) if chief else None
         session, role = session_and_role(config, data, graph, model, cluster, server, checkpoint, steps_per_epoch)

@@ -11,11 +11,13 @@ Writes reconstructions.png (rows of test images, each followed by its reconstruc
 (decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in epoch order).
 """
 import glob
+import hashlib
 import json
 import os
 import signal
 import statistics
 import sys
+import time
 
 if __name__ == '__main__':  # Ctrl-C while TensorFlow loads ends the script quietly: nothing to save yet
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -37,6 +39,7 @@ IWAE_MEMORY = 2 ** 30    # bytes of decoder activations one session.run of the i
 TRAVERSE_STEPS = 11      # values of one latent dimension in [-3, 3], per row of traversal.png
 TRAVERSE_DIMENSIONS = 8  # rows of traversal.png: the latent dimensions with the largest KL
 MANIFOLD_SIDE = 20       # manifold.png is MANIFOLD_SIDE x MANIFOLD_SIDE decoded points
+SAVE_SECONDS = 60        # the IWAE bound's progress is saved at most this often (and on Ctrl-C)
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j|x]) exceeds this
 
 
@@ -98,7 +101,7 @@ def log_mean_exp(values, axis=0):
     return np.squeeze(peak, axis) + np.log(np.mean(np.exp(values - peak), axis=axis))
 
 
-def decodes_per_run(config, memory=IWAE_MEMORY):
+def decodes_per_run(config, memory=None):
     """How many decoder passes one session.run may make within `memory` bytes: each pass holds every decoder
     layer's float32 output about three times (the layer, its batch norm, its ReLU) and a few image-sized
     tensors (the tiled image, the decoded image, the squared error). 5,800 for MNIST, 170 for CelebA 64x64."""
@@ -108,28 +111,62 @@ def decodes_per_run(config, memory=IWAE_MEMORY):
         height, width = height * stride, width * stride
         floats += height * width * filters
     pixels = int(np.prod(utils.image_shape(config)))
-    return max(1, memory // (4 * (3 * floats + 4 * pixels)))
+    return max(1, (memory or IWAE_MEMORY) // (4 * (3 * floats + 4 * pixels)))
 
 
-def importance_weighted_bound(sess, outputs, config, images, k):
+def importance_weighted_bound(sess, outputs, config, images, k, progress_path=None):
     """Per-image (ELBO estimate, IWAE bound) in nats from k importance samples each, in session.runs whose
-    memory stays within IWAE_MEMORY whatever the image size."""
+    memory stays within IWAE_MEMORY whatever the image size. The encoder runs once per image and chunk of
+    samples; each run's noise is seeded by its place (first image, first sample), so the numbers do not depend
+    on how the work was split or interrupted.
+
+    With progress_path, the per-image results so far are saved there (atomically, every SAVE_SECONDS and on
+    Ctrl-C / SIGTERM, which then exit with 128 + signal) and a later call with the same checkpoint, k and images
+    goes on from them. The progress bar shows the rate and the time left (in a log, a line a minute)."""
     decodes = decodes_per_run(config)
     images_per_run = max(1, min(len(images), decodes // k))
     samples_per_run = min(k, decodes)
-    elbo, iwae = [], []
-    with tqdm(total=len(images) * k, unit='sample', desc=f'IWAE k={k}', disable=None, file=sys.stdout) as bar:
-        for start in range(0, len(images), images_per_run):
-            batch = images[start:start + images_per_run]
+    identity = f'k={k} runs={images_per_run}x{samples_per_run} images={hashlib.sha1(images.tobytes()).hexdigest()}'
+    elbo, iwae = np.zeros(len(images)), np.zeros(len(images))
+    done = 0
+    if progress_path and os.path.exists(progress_path):
+        with np.load(progress_path) as saved:
+            if str(saved['identity']) == identity:
+                done = int(saved['done'])
+                elbo[:done], iwae[:done] = saved['elbo'][:done], saved['iwae'][:done]
+                print(f'going on from {progress_path}: {done} of {len(images)} images done')
+
+    def save_progress():
+        if progress_path:
+            utils.write_atomically(progress_path, lambda f: np.savez(f, identity=identity, done=done, elbo=elbo,
+                                                                      iwae=iwae))
+
+    interactive = sys.stdout.isatty()
+    last_save = time.monotonic()
+    with vae.stop_requests(enabled=progress_path is not None) as stop_signal, \
+            tqdm(total=len(images) * k, initial=done * k, unit='sample', desc=f'IWAE k={k}', file=sys.stdout,
+                 mininterval=0.5 if interactive else 60, unit_scale=True, dynamic_ncols=True) as bar:
+        while done < len(images):
+            batch = images[done:done + images_per_run]
             log_weights = []
-            for done in range(0, k, samples_per_run):
-                chunk = min(samples_per_run, k - done)
-                log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk}))
+            for first in range(0, k, samples_per_run):
+                chunk = min(samples_per_run, k - first)
+                log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk,
+                                                                  outputs.noise_seed: [done, first]}))
                 bar.update(chunk * len(batch))
             log_weights = np.concatenate(log_weights).astype(np.float64)
-            elbo.append(log_weights.mean(axis=0))
-            iwae.append(log_mean_exp(log_weights, axis=0))
-    return np.concatenate(elbo), np.concatenate(iwae)
+            elbo[done:done + len(batch)] = log_weights.mean(axis=0)
+            iwae[done:done + len(batch)] = log_mean_exp(log_weights, axis=0)
+            done += len(batch)
+            if stop_signal or time.monotonic() - last_save > SAVE_SECONDS:
+                save_progress()
+                last_save = time.monotonic()
+            if stop_signal:
+                bar.close()
+                print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {len(images)} images scored, saved in '
+                      f'{progress_path}; run the same command to go on from there')
+                raise SystemExit(128 + stop_signal[0])
+    return elbo, iwae
 
 
 def kl_terms(z_mean, z_std):
@@ -165,13 +202,14 @@ def decoder_description(config):
     return 'bernoulli' + (' (fixed seeded binarisation of the test set)' if config['binarize'] else '')
 
 
-def evaluate(sess, outputs, config, images, k):
-    """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension)."""
+def evaluate(sess, outputs, config, images, k, progress_path=None):
+    """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension). progress_path:
+    where the IWAE bound's progress is kept (importance_weighted_bound)."""
     z_means, z_stds, reconstructions = vae.run_in_batches(
         sess, [outputs.z_mean, outputs.z_std, outputs.reconstruction], outputs.images, images)
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
     kl = kl_terms(z_means, z_stds).sum(axis=1)
-    elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k)
+    elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k, progress_path)
     low, high = vae.pixel_range(config)
     peak = high - low  # PSNR's peak signal: 1 for MNIST in [0, 1], 2 for CelebA in [-1, 1]
     standard_error = lambda values: float(np.std(values) / np.sqrt(len(values)))
@@ -395,8 +433,11 @@ def main(argv):
         if not pictures:
             write_samples(sess, outputs, config, test_images, epoch)
         if options['evaluate']:
+            progress = os.path.join(config['run_directory'], f'iwae_progress_model_{epoch}_k{options["k"]}.npz')
             write_metrics(config, {'checkpoint': f'model_{epoch}',
-                                   **evaluate(sess, outputs, config, test_images, options['k'])})
+                                   **evaluate(sess, outputs, config, test_images, options['k'], progress)})
+            if os.path.exists(progress):
+                os.remove(progress)
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
             write_grid(config, 'interpolation.png', interpolation_grid(sess, outputs, test_images, rows), rows,

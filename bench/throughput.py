@@ -29,6 +29,7 @@ import datasets  # noqa: E402
 import deploy  # noqa: E402
 import utils  # noqa: E402
 import vae  # noqa: E402
+import vae_inference  # noqa: E402
 
 tf = utils.tf
 tf1 = tf.compat.v1
@@ -36,25 +37,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
 
 
-def training_flops_per_image(config):
-    """Multiply-adds x 2 of one forward pass, x 3 for the backward pass (input and weight gradients)."""
+def forward_flops(config):
+    """Multiply-adds x 2 of one forward pass: (encoder with its two heads, decoder)."""
     k2 = config['kernel_size'] ** 2
     height, width, channels = config['image_height'], config['image_width'], config['image_channels']
-    flops = 0
+    encoder = 0
     for filters, stride in zip(config['encoder_filters'], config['encoder_strides']):
         height, width = -(-height // stride), -(-width // stride)
-        flops += 2 * height * width * k2 * channels * filters
+        encoder += 2 * height * width * k2 * channels * filters
         channels = filters
     features = height * width * channels
-    flops += 2 * 2 * features * config['z_dim']                  # z_mean and z_std heads
-    flops += 2 * config['z_dim'] * features                      # decoder's first dense layer
+    encoder += 2 * 2 * features * config['z_dim']                # z_mean and z_std heads
+    decoder = 2 * config['z_dim'] * features                     # decoder's first dense layer
     for filters, stride in zip(config['decoder_filters'], config['decoder_strides']):
-        flops += 2 * height * width * k2 * channels * filters   # each input pixel scatters a k x k x filters patch
+        decoder += 2 * height * width * k2 * channels * filters  # each input pixel scatters a k x k x filters patch
         height, width, channels = height * stride, width * stride, filters
     if config['output_head'] == 'dense_sigmoid':
         pixels = config['image_height'] * config['image_width'] * config['image_channels']
-        flops += 2 * height * width * channels * pixels          # output dense layer
-    return 3 * flops
+        decoder += 2 * height * width * channels * pixels        # output dense layer
+    return encoder, decoder
+
+
+def training_flops_per_image(config):
+    """The forward pass x 3: the backward pass computes input and weight gradients."""
+    return 3 * sum(forward_flops(config))
 
 
 def matmul_gflops(config, n=2048, repeats=20):
@@ -84,7 +90,8 @@ def time_steps(config, data, mode, repeats, steps):
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config, feed_input=mode == 'feed_dict')
+        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'],
+                                         feed_input=mode == 'feed_dict')
     graph.finalize()
     train = data['train']  # what the input pipeline is fed
     batch_size = config['batch_size']
@@ -189,7 +196,7 @@ def rewritten_ops(config):
     precision's rewrite (the partition graphs of a traced step)."""
     data = datasets.load_dataset(config)
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config)
+        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'])
     graph.finalize()
     with tf1.Session(graph=graph, config=deploy.session_config(config, training=True)) as sess:
         sess.run(model.init)
@@ -226,11 +233,43 @@ def precision_table(argv, config, options, ceiling, flops):
               f'{100 * median * flops / (ceiling * 1e9):>16.1f}% | {losses[(precision, batch)]:>15.5f} |')
 
 
+def evaluation_table(config, options, ceiling):
+    """The importance-weighted bound as vae_inference.py --evaluate runs it (the decodes of one session.run held
+    within IWAE_MEMORY, the encoder once per image), on untrained weights (the arithmetic is the same): samples
+    (images x k) per second over `repeats` timed rounds, and the full protocol's time at the median rate."""
+    images = datasets.evaluation_images(config, datasets.load_dataset(config)['test_images'])[:options['eval_images']]
+    k = options['k']
+    with tf.Graph().as_default() as graph:
+        outputs = vae.build_inference_graph(config)
+        init = tf1.global_variables_initializer()
+    graph.finalize()
+    rates = []
+    with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
+        sess.run(init)
+        vae_inference.importance_weighted_bound(sess, outputs, config, images[:1], k)  # warm-up
+        for _ in range(options['repeats']):
+            start = time.perf_counter()
+            vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
+            rates.append(len(images) * k / (time.perf_counter() - start))
+    encoder, decoder = forward_flops(config)
+    flops = decoder + encoder / k
+    median = np.median(rates)
+    print(f'{config["dataset"]}: {decoder / 1e6:,.2f} MFLOP per decode, {vae_inference.decodes_per_run(config):,} '
+          f'decodes per session.run; 2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling '
+          f'{ceiling * 1e9 / flops:,.0f} samples/s; {options["repeats"]} rounds of {len(images)} images x k={k}')
+    print(f'| {"importance-weighted bound":<30} | {"samples/s median":>16} | {"min - max":>17} | '
+          f'{"% of ceiling":>12} | {"10,000 images x 5,000":>21} |')
+    print(f'| {"-" * 30} | {"-" * 15}:| {"-" * 16}:| {"-" * 11}:| {"-" * 20}:|')
+    print(f'| {"vae_inference.py --evaluate":<30} | {median:>16,.0f} | {min(rates):>8,.0f}-{max(rates):<8,.0f} | '
+          f'{100 * median * flops / (ceiling * 1e9):>11.1f}% | {5e7 / median / 60:>17,.1f} min |')
+
+
 def main(argv):
-    flags = {'repeats': 5, 'steps': 0, 'case': '', 'precisions': '', 'batch_sizes': '256,512'}
+    flags = {'repeats': 5, 'steps': 0, 'case': '', 'precisions': '', 'batch_sizes': '256,512', 'evaluation': None,
+             'k': 5000, 'eval_images': 20}
     config, options = utils.parse_command_line(argv, flags)
     celeba = config['dataset'] == 'celebA'
-    if config['dataset'] == 'MNIST' and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
+    if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
         argv = ['--data_directory', MNIST] + argv
     if celeba and not os.path.isdir(config['data_directory']):
         folder = synthetic_celeba(os.path.join(tempfile.gettempdir(), 'vae-bench-celeba', 'img_align_celeba'))
@@ -242,6 +281,8 @@ def main(argv):
     if options['case']:
         return run_case(config, options)
     ceiling = matmul_gflops(config)
+    if options['evaluation']:
+        return evaluation_table(config, options, ceiling)
     flops = training_flops_per_image(config)
     print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:,.1f} MFLOP per training image; '
           f'2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling {ceiling * 1e9 / flops:,.0f} images/s; '

@@ -89,7 +89,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     ps, worker0, worker1 = deploy.free_ports(3)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}', f'127.0.0.1:{worker1}']}
     run, logs = tmp_path / 'run', {name: tmp_path / f'{name}.log' for name in ('ps', 'chief', 'worker1', 'again')}
-    extra = ['--sync_replicas', sync]
+    extra = ['--sync_replicas', sync, '--kl_schedule', 'linear', '--kl_warmup_epochs', '4']
     total_steps = 120 if sync == 'true' else 240
     processes.append(start_task(cluster, 'ps', 0, run, logs['ps'], *extra))
     processes.append(start_task(cluster, 'worker', 0, run, logs['chief'], *extra))
@@ -112,6 +112,16 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
         ran, at = re.search(r'ran (\d+) steps; the run is at step (\d+) of ', output[log]).groups()
         assert int(ran) >= (name == 'chief') and total_steps <= int(at) <= total_steps + 1, (name, output[log])
     assert 'every worker finished' in output['ps']
+    # Every worker follows the KL warm-up of the global step: the weight of an epoch's last step, step s, is
+    # s / 40 (4 epochs of 10 synchronous or 20 asynchronous steps); an asynchronous worker may have read a step
+    # another worker was updating.
+    steps_per_epoch = total_steps // 12
+    for name in ('chief', 'worker1', 'again'):
+        for epoch, weight in re.findall(r'^epoch +(\d+) .* kl weight (\S+)', output[name], re.M):
+            expected = min(1, ((int(epoch) + 1) * steps_per_epoch - 1) / (4 * steps_per_epoch))
+            assert abs(float(weight) - expected) <= (0 if sync == 'true' else 2) / (4 * steps_per_epoch) + 1e-4, \
+                (name, epoch, weight, expected)
+    assert re.search(r'kl weight', output['worker1'] + output['again'])
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
     assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']
     assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, 6, 9, 11]  # the chief alone saved

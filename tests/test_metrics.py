@@ -43,8 +43,9 @@ def linear_gaussian_bounds(ks, points=200, seed=0):
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(seed)
         k = tf1.placeholder(tf.int32, [])
+        draws = tf.random.normal([k, points, z_dim])
         log_weights = vae.importance_log_weights(tf.constant(x, tf.float32), tf.constant(q_mean, tf.float32),
-                                                 tf.constant(q_std, tf.float32), log_likelihood, k)
+                                                 tf.constant(q_std, tf.float32), log_likelihood, draws)
         for value in ks:
             weights = sess.run(log_weights, {k: value}).astype(np.float64)
             results[value] = (weights.mean(axis=0), vae_inference.log_mean_exp(weights, axis=0))

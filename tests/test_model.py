@@ -68,7 +68,7 @@ def test_restored_checkpoint_reproduces_reconstructions_bit_for_bit(tmp_path, mn
     data = subset(mnist, 640)
     images = mnist['test_images'][:50]
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config)
+        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'])
     graph.finalize()
     with tf1.Session(graph=graph) as sess:
         sess.run(model.init)

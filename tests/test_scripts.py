@@ -81,6 +81,12 @@ BAD_COMMAND_LINES = [
     (['--run_directory', ''], 'run_directory is empty'),
     (['--output_head', 'conv_tanh'], 'strides make 32x32 images, not 28x28'),
     (['--evaluate'], 'unknown option --evaluate'),  # vae_inference.py's flag given to vae.py
+    (['--kl_schedule', 'cosine'], 'kl_schedule must be one of constant, linear, cyclical'),
+    (['--objective', 'vae'], 'objective must be one of elbo, iwae'),
+    (['--train_samples', '0'], 'train_samples must be positive'),
+    (['--free_bits', '-0.5'], 'free_bits must be >= 0 and finite'),
+    (['--kl_cycle_ramp', '0'], 'kl_cycle_ramp must be positive and finite'),
+    (['--learning_rate_decay', '1.5'], 'kl_cycle_ramp and learning_rate_decay must be in (0, 1]'),
 ]
 
 

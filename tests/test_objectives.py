@@ -1,0 +1,144 @@
+"""Training objectives: KL schedules, free bits, the IWAE objective, learning-rate decay, and an evaluation
+that can be interrupted."""
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import datasets
+import utils
+import vae
+import vae_inference
+from conftest import subset, tiny_config
+
+tf1 = tf.compat.v1
+BERNOULLI = ['--likelihood', 'bernoulli', '--binarize', 'true']
+
+
+def values_at_steps(config, steps_per_epoch, steps):
+    """(KL weight, learning rate) of the training graph at each global step."""
+    with tf.Graph().as_default():
+        model = vae.build_training_graph(config, steps_per_epoch, feed_input=True)
+        step = tf1.placeholder(tf.int64, [])
+        assign = tf1.assign(model.global_step, step)
+        with tf1.Session() as sess:
+            sess.run(model.init)
+            results = []
+            for value in steps:
+                sess.run(assign, {step: value})
+                results.append(sess.run([model.annealing, model.learning_rate]))
+    return np.array(results)
+
+
+def test_kl_schedules_and_learning_rate_decay_at_chosen_steps(tmp_path):
+    steps = [0, 5, 20, 39, 40, 55, 100, 1000]  # 10 steps an epoch
+    epochs = np.array(steps) / 10
+    constant = values_at_steps(tiny_config(tmp_path), 10, steps)
+    assert np.all(constant[:, 0] == 1) and np.all(constant[:, 1] == np.float32(0.0005))
+
+    linear = values_at_steps(tiny_config(tmp_path, '--kl_schedule', 'linear', '--kl_warmup_epochs', '4',
+                                         '--learning_rate_decay', '0.5'), 10, steps)
+    assert np.allclose(linear[:, 0], [0, 0.125, 0.5, 0.975, 1, 1, 1, 1])
+    assert np.allclose(linear[:, 1], 0.0005 * 0.5 ** epochs)
+
+    cyclical = values_at_steps(tiny_config(tmp_path, '--kl_schedule', 'cyclical', '--kl_cycle_epochs', '4',
+                                           '--kl_cycle_ramp', '0.5'), 10, steps)
+    # Each 4-epoch cycle rises from 0 over its first 2 epochs, then holds 1.
+    assert np.allclose(cyclical[:, 0], [0, 0.25, 1, 1, 0, 0.75, 1, 0])
+
+
+def test_a_resumed_run_goes_on_with_the_schedule_where_it_stopped(tmp_path, mnist, capsys):
+    data = subset(mnist, 640)  # 10 steps of 64 images an epoch
+    args = ['--kl_schedule', 'linear', '--kl_warmup_epochs', '3', '--summary_every', '1']
+    vae.train(tiny_config(tmp_path / 'run', *args, '--num_epoch', '1'), data)
+    vae.train(tiny_config(tmp_path / 'run', *args, '--num_epoch', '4'), data)  # resumes at step 10
+    steps, weights = vae_inference.read_training_curves(str(tmp_path / 'run' / 'logs'))['kl_weight']
+    assert list(steps) == list(range(40))
+    # For the gaussian likelihood the logged weight is the one in the loss: schedule x kl_weight.
+    assert np.allclose(weights, np.minimum(1, steps / 30) * 0.0005)
+    printed = [float(weight) for weight in re.findall(r'kl weight (\S+)', capsys.readouterr().out)]
+    assert np.allclose(printed, [9 / 30, 19 / 30, 29 / 30, 1], atol=1e-4)  # each epoch's last step
+
+
+@pytest.mark.parametrize('likelihood', [BERNOULLI, ['--likelihood', 'gaussian']])
+def test_iwae_objective_with_one_sample_is_the_elbo_loss_and_tighter_with_more(tmp_path, likelihood, mnist):
+    images = mnist['test_images'][:16]
+
+    def loss(objective, samples):
+        config = tiny_config(tmp_path, *likelihood, '--objective', objective, '--train_samples', str(samples))
+        with tf.Graph().as_default():
+            tf1.set_random_seed(3)
+            model = vae.build_vae(tf.constant(images), config, training=True)
+            with tf1.Session() as sess:
+                sess.run(tf1.global_variables_initializer())
+                return sess.run(model.loss)
+
+    assert loss('iwae', 1) == loss('elbo', 1)  # exactly: the same samples, and the added term is 0
+    # With 4 samples the same draws give log mean exp >= mean of the log weights: a lower loss.
+    assert loss('iwae', 4) < loss('elbo', 4)
+
+
+def test_free_bits_stop_the_gradient_of_dimensions_below_the_threshold():
+    z_mean = tf.constant([[0.1, 2.0, 0.0], [-0.1, 2.0, 0.5]])  # batch-mean KL 0.005, 2.0, 0.0625 nats
+    z_std = tf.ones_like(z_mean)
+    term = vae.kl_term(z_mean, z_std, free_bits=0.1)
+    gradient = tf.gradients(term, z_mean)[0]
+    with tf1.Session() as sess:
+        value, gradient = sess.run([term, gradient])
+    assert value == pytest.approx(0.1 + 2.0 + 0.1)
+    assert np.all(gradient[:, [0, 2]] == 0)  # below 0.1 nats: free
+    assert np.all(gradient[:, 1] != 0)
+    with tf1.Session() as sess:  # without free bits, the plain KL and its gradient
+        assert sess.run(vae.kl_term(z_mean, z_std, free_bits=0)) == pytest.approx(0.005 + 2.0 + 0.0625)
+
+
+def test_the_test_elbo_printed_at_each_save_weighs_the_kl_by_one(tmp_path, mnist, capsys):
+    # A warm-up so long that the KL's weight stays below 0.001: the training loss nearly ignores the KL.
+    config = tiny_config(tmp_path / 'run', *BERNOULLI, '--num_epoch', '1', '--kl_schedule', 'linear',
+                         '--kl_warmup_epochs', '1000', '--learning_rate', '0.005', '--z_dim', '16')
+    data = subset(mnist, 6400)
+    vae.train(config, data)
+    printed = float(re.search(r'test negative ELBO (\S+) nats', capsys.readouterr().out).group(1))
+    sess, outputs, _ = vae_inference.restore(config)
+    with sess:
+        test_images = datasets.evaluation_images(config, data['test_images'])
+        elbo, _ = vae_inference.importance_weighted_bound(sess, outputs, config, test_images, 200)
+        kl = vae_inference.kl_terms(*vae.run_in_batches(sess, [outputs.z_mean, outputs.z_std], outputs.images,
+                                                        test_images)).sum(axis=1).mean()
+    assert kl > 5, kl  # so a bound with the annealed KL would be off by more than the tolerance
+    assert abs(printed - -elbo.mean()) < 0.2 * kl, (printed, -elbo.mean(), kl)
+
+
+class InterruptedSession:
+    """A session whose run raises KeyboardInterrupt on its `after`-th call, as Ctrl-C would."""
+    def __init__(self, sess, after):
+        self.sess, self.calls, self.after = sess, 0, after
+
+    def run(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.after:
+            raise KeyboardInterrupt
+        return self.sess.run(*args, **kwargs)
+
+
+def test_an_interrupted_evaluation_goes_on_to_the_numbers_of_an_unbroken_one(tmp_path, mnist, monkeypatch):
+    monkeypatch.setattr(vae_inference, 'SAVE_SECONDS', 0)  # save the progress after every run
+    config = tiny_config(tmp_path, *BERNOULLI)
+    images = datasets.evaluation_images(config, mnist['test_images'][:12])
+    monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
+    k = vae_inference.decodes_per_run(config) * 3 // 2  # each image in two chunks of samples
+    with tf.Graph().as_default() as graph:
+        outputs = vae.build_inference_graph(config)
+        init = tf1.global_variables_initializer()
+    progress = str(tmp_path / 'progress.npz')
+    with tf1.Session(graph=graph) as sess:
+        sess.run(init)
+        unbroken = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
+        with pytest.raises(KeyboardInterrupt):
+            vae_inference.importance_weighted_bound(InterruptedSession(sess, 7), outputs, config, images, k, progress)
+        with np.load(progress) as saved:
+            assert int(saved['done']) == 3  # the six session.runs before the interruption scored three images
+        resumed = vae_inference.importance_weighted_bound(sess, outputs, config, images, k, progress)
+    assert np.array_equal(unbroken[0], resumed[0]) and np.array_equal(unbroken[1], resumed[1])
+    assert np.all(unbroken[1] >= unbroken[0])  # the IWAE bound is above the ELBO estimate
