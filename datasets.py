@@ -232,8 +232,9 @@ def celeba_cache_path(config, split, paths):
     return os.path.join(config['celebA_cache_directory'], name)
 
 
-def load_dataset(config):
-    """The dataset named by config['dataset'], as a dict:
+def load_dataset(config, training=True):
+    """The dataset named by config['dataset'], as a dict (training=False, for inference: CelebA's training files are
+    listed but neither checked nor cached):
     train: what the training input pipeline is fed (float images; CelebA: JPEG paths, or the uint8 cache),
     test_images: float test images (CelebA: the first num_test_images of the test split),
     grid_images: the 25 fixed images of the training grids (MNIST: test; CelebA: validation),
@@ -247,18 +248,15 @@ def load_dataset(config):
         splits = {split: celeba_split(config, split) for split in ('train', 'validation', 'test')}
         splits['train'] = splits['train'][:config['num_train_images'] or None]  # before checking and caching
         limit = config['num_test_images'] or None
-        check_celeba_files(splits['train'] + splits['validation'][:25] + splits['test'][:limit])
+        check_celeba_files((splits['train'] if training else []) + splits['validation'][:25] + splits['test'][:limit])
         to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
         data = {'train': np.array(splits['train']),
                 'test_images': to_float(decode_celeba_files(splits['test'][:limit], config)),
                 'grid_images': to_float(decode_celeba_files(splits['validation'][:25], config))}
-        if config['celebA_cache']:
+        if config['celebA_cache'] and training:
             data['train'] = load_celeba_cache(config, splits['train'])
     if config['num_train_images']:
         data['train'] = data['train'][:config['num_train_images']]
-    if len(data['train']) < config['batch_size']:
-        raise UserError(f'batch_size {config["batch_size"]} is larger than the {len(data["train"])} '
-                        'training images; lower --batch_size')
     shape = (config['image_height'], config['image_width'], config['image_channels'])
     if data['test_images'].shape[1:] != shape:
         raise UserError(f'{config["dataset"]} images are {data["test_images"].shape[1:]} but the config says '

@@ -1,11 +1,11 @@
 """Shared plumbing of vae.py, vae_inference.py, the tests and the benchmarks: TensorFlow imported quietly, the
 command line, run folders and their checkpoint files, image grids, GIFs and TensorBoard image summaries.
 """
+import argparse
 import contextlib
 import copy
 import fcntl
 import glob
-import io
 import json
 import math
 import os
@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 
+import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -84,53 +85,77 @@ def _parse_value(key, text, default):
                         f'(the default is {example}); pass a value like that')
 
 
-def parse_command_line(argv, flags=()):
-    """Parse `--dataset NAME`, the script's own `flags` and `--KEY VALUE` config overrides.
+TYPE_NAMES = {bool: 'BOOL', int: 'INT', float: 'FLOAT', str: 'TEXT', list: 'LIST'}
 
-    flags maps a flag name to its default (None for a switch without a value, else typed like the default).
-    Returns (config, options): a copy of the dataset's config dict with the overrides applied, and a dict of
-    the script's flags.
+
+def typed(key, default):
+    """argparse's type= for an option typed like its default (a bad value is a one-line error)."""
+    return lambda text: _parse_value(key, text, default)
+
+
+def refuse(message):
+    """argparse's error handler: one line and exit status 1 (through exit_on_user_error), not usage and 2."""
+    raise UserError(f'{message}; --help lists the options')
+
+
+def command_line_parser(config, flags, description):
+    """The argparse parser of a script: its own flags ({name: (default, meaning)}, default None for a switch), then
+    every config key in the groups of config.descriptions, typed and defaulted by `config` (the chosen dataset's
+    dict). Options not given stay out of the parsed namespace."""
+    parser = argparse.ArgumentParser(usage='%(prog)s [--dataset NAME] [--KEY VALUE ...]', description=description,
+                                     argument_default=argparse.SUPPRESS,
+                                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = refuse
+    own = parser.add_argument_group(f'{parser.prog} options')
+    for name, (default, meaning) in flags.items():
+        if default is None:
+            own.add_argument(f'--{name}', action='store_true', help=meaning)
+        else:
+            own.add_argument(f'--{name}', type=typed(name, default), metavar=TYPE_NAMES[type(default)],
+                             help=f'{meaning} (default: {flag_value(default)})')
+    for group, meanings in config_module.descriptions.items():
+        arguments = parser.add_argument_group(group)
+        for key, meaning in meanings.items():
+            if key == 'dataset':  # the config dict to start from, which names its loader
+                arguments.add_argument('--dataset', metavar='NAME', help=f'{meaning}; one of '
+                                       f'{", ".join(config_module.configs)} (default: {config_module.dataset})')
+            elif key in config:
+                arguments.add_argument(f'--{key}', type=typed(key, config[key]), metavar=TYPE_NAMES[type(config[key])],
+                                       help=f'{meaning} (default: {flag_value(config[key]) or "none"})')
+    return parser
+
+
+def parse_command_line(argv, flags=(), description=None, from_run=False):
+    """Parse `--dataset NAME`, the script's own `flags` ({name: (default, meaning)}) and `--KEY VALUE` (or
+    `--KEY=VALUE`) for any config key; `--help` lists them all with their types, defaults and meanings.
+
+    Returns (config, options): a copy of the dataset's config dict with the options given applied, and a dict of
+    the script's flags. from_run: a run folder with checkpoints describes itself (run_config), unless --fresh.
     """
     flags = dict(flags)
-    options = {name: (False if default is None else default) for name, default in flags.items()}
-    dataset = config_module.dataset
-    overrides = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith('--'):
-            raise UserError(f'unexpected argument {arg!r}; options look like --KEY VALUE')
-        name, _, value = arg[2:].partition('=')
-        if name in flags and flags[name] is None:
-            if value:
-                raise UserError(f'--{name} takes no value')
-            options[name] = True
-            continue
-        if not value:
-            known = name == 'dataset' or name in flags or any(name in c for c in config_module.configs.values())
-            if not known and (not args or args[0].startswith('--')):
-                overrides.append((name, None))  # refused below as an unknown option, not as one without a value
-                continue
-            if not args:
-                raise UserError(f'--{name} needs a value')
-            value = args.pop(0)
-        if name == 'dataset':
-            dataset = value
-        elif name in flags:
-            options[name] = _parse_value(name, value, flags[name])
-        else:
-            overrides.append((name, value))
-
+    dataset_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    dataset_parser.error = refuse
+    dataset_parser.add_argument('--dataset')
+    named = dataset_parser.parse_known_args(argv)[0].dataset
+    dataset = named or config_module.dataset
     if dataset not in config_module.configs:
         raise UserError(f'unknown dataset {dataset!r}; choose one of {", ".join(config_module.configs)} '
                         f'(config.py)')
     config = copy.deepcopy(config_module.configs[dataset])
-    for key, value in overrides:
-        if key not in config:
-            known = ' '.join(f'--{k}' for k in config)
-            raise UserError(f'unknown option --{key} for dataset {dataset}; script flags: '
-                            f'{" ".join("--" + f for f in flags) or "none"}; config keys: {known}')
-        config[key] = _parse_value(key, value, config[key])
+    parser = command_line_parser(config, flags, description)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        stray = next((arg for arg in unknown if arg.startswith('--')), None)
+        if stray is None:
+            raise UserError(f'unexpected argument {unknown[0]!r}; options look like --KEY VALUE (--help lists them)')
+        raise UserError(f'unknown option {stray.split("=")[0]} for dataset {dataset}; {parser.prog} --help lists '
+                        'the options')
+    given = vars(namespace)
+    given.pop('dataset', None)
+    options = {name: given.pop(name, False if default is None else default) for name, (default, _) in flags.items()}
+    config.update(given)
+    if from_run and not options.get('fresh'):
+        config = run_config(config, set(given) | ({'dataset'} if named else set()))
     check_config(config)
     return config, options
 
@@ -293,7 +318,29 @@ def run_folder_lock(config):
 # or scored as another model (kl_weight sets the 'gaussian' decoder's variance; test_seed the test binarisation).
 RUN_IDENTITY_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
                      'encoder_strides', 'decoder_filters', 'decoder_strides', 'output_head', 'kernel_size',
-                     'likelihood', 'decoder_variance', 'decoder_min_variance', 'binarize', 'kl_weight', 'test_seed')
+                     'likelihood', 'decoder_variance', 'decoder_min_variance', 'binarize', 'kl_weight', 'test_seed',
+                     'celebA_crop')
+# What a run folder with checkpoints decides for itself, whatever config.py says now: its model, its data and where
+# they are, its epoch length and its layout. Flags may still move the data (data_directory, ...).
+RUN_KEYS = RUN_IDENTITY_KEYS + ('data_directory', 'partition_file', 'num_test_images', 'num_train_images',
+                                'batch_size', 'model_directory', 'log_directory', 'real_directory',
+                                'recons_directory', 'gen_directory')
+
+
+def run_config(config, given):
+    """config with the run folder's own settings (RUN_KEYS, from its config.json) in place of config.py's, when the
+    folder holds checkpoints. The keys in `given` (set on the command line) keep their values: check_run_config
+    refuses those that contradict the run. A run of another dataset than config.py's default starts from that
+    dataset's dict."""
+    saved = saved_run_config(config) if has_checkpoints(config['run_directory'], config) else None
+    if saved is None:
+        return config
+    if 'dataset' not in given and saved.get('dataset', config['dataset']) != config['dataset']:
+        base = next((c for c in config_module.configs.values() if c['dataset'] == saved['dataset']), None)
+        if base is not None:
+            config = {**copy.deepcopy(base), **{key: config[key] for key in given},
+                      'run_directory': config['run_directory']}
+    return {**config, **{key: saved[key] for key in RUN_KEYS if key in saved and key in config and key not in given}}
 
 
 def images_per_update(config):
@@ -328,8 +375,8 @@ def check_run_config(config, resuming=False):
     for key in RUN_IDENTITY_KEYS + (('num_train_images', 'batch_size') if resuming else ()):
         if key in saved and saved[key] != config[key]:
             raise UserError(
-                f'{config["run_directory"]} was trained with {key}={saved[key]} but the config says {config[key]}; '
-                f'pass --{key} {flag_value(saved[key])} to use that run, or --fresh (training) for a new run folder')
+                f'{config["run_directory"]} was trained with {key}={saved[key]} but --{key} says {config[key]}; '
+                f'leave --{key} out to use the run\'s value, or pass --fresh (training) for a new run folder')
     if resuming and {'worker_replicas', 'num_ps_tasks', 'sync_replicas'} <= set(saved) and \
             images_per_update(saved) != images_per_update(config):
         raise UserError(f'{config["run_directory"]} was trained with {images_per_update(saved)} images an update '
@@ -441,7 +488,7 @@ def save_grid(path, images, rows, columns, title=None, scale=2, value_range=(0.0
         ImageDraw.Draw(titled).text((4, 2), title, fill='black')
         picture = titled
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    write_atomically(path, lambda f: picture.save(f, format='PNG'))
+    write_atomically(path, lambda f: iio.imwrite(f, np.asarray(picture), extension='.png'))
 
 
 def epoch_frames(folder):
@@ -456,16 +503,15 @@ def epoch_frames(folder):
 
 def save_gif(path, frame_paths, duration_ms=400):
     """Assemble PNG frames into a looping GIF; the last frame is held three times as long."""
-    frames = [Image.open(p).convert('RGB') for p in frame_paths]
+    frames = [iio.imread(p)[..., :3] for p in frame_paths]
     durations = [duration_ms] * (len(frames) - 1) + [duration_ms * 3]
-    write_atomically(path, lambda f: frames[0].save(f, format='GIF', save_all=True, append_images=frames[1:],
-                                                     duration=durations, loop=0))
+    write_atomically(path, lambda f: iio.imwrite(f, np.stack(frames), extension='.gif', duration=durations, loop=0))
 
 
 def png_summary(tag, path):
     """A TensorBoard image summary holding an already written PNG."""
     with open(path, 'rb') as f:
         encoded = f.read()
-    width, height = Image.open(io.BytesIO(encoded)).size
+    height, width = iio.imread(encoded, extension='.png').shape[:2]
     image = tf1.Summary.Image(encoded_image_string=encoded, height=height, width=width, colorspace=3)
     return tf1.Summary(value=[tf1.Summary.Value(tag=tag, image=image)])

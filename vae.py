@@ -385,7 +385,7 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
     'weights_finite',           # whether every float variable is finite (checked before each save)
     'global_step', 'step_after_update',  # the update count, and its value once this step's update is applied
     'annealing', 'learning_rate',  # this step's KL weight (kl_annealing) and step size (learning_rate)
-    'summaries',                # the TensorBoard scalars of a step
+    'summaries',                # the TensorBoard summaries of a step: scalars, and histograms of the posterior
     'optimizer',                # Adam (in SyncReplicasOptimizer on a synchronous cluster)
     'inference',                # build_inference_graph's outputs, sharing the weights
     'init', 'saver',            # initialise all variables; save and restore them
@@ -425,7 +425,13 @@ def build_training_graph(config, steps_per_epoch, feed_input=False, cluster=None
         train_op = optimizer.apply_gradients(gradients, global_step=global_step)
     with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
         step_after_update = tf.identity(global_step.read_value())
-    summaries = tf1.summary.merge([tf1.summary.scalar('loss', endpoints.loss),
+    kl_dimensions = tf.reduce_mean(kl_per_dimension(endpoints.z_mean, endpoints.z_std), axis=0)
+    summaries = tf1.summary.merge([tf1.summary.histogram('z_mean', endpoints.z_mean),
+                                   tf1.summary.histogram('z_std', endpoints.z_std),
+                                   tf1.summary.histogram('kl_per_dimension', kl_dimensions),
+                                   *[tf1.summary.scalar(f'kl_dimension/{i:03d}', kl_dimensions[i])
+                                     for i in range(config['z_dim'])],
+                                   tf1.summary.scalar('loss', endpoints.loss),
                                    tf1.summary.scalar('reconstruction_loss', endpoints.reconstruction_loss),
                                    tf1.summary.scalar('kl', endpoints.kl),
                                    tf1.summary.scalar('kl_weight', annealing * (config['kl_weight'] if
@@ -666,17 +672,17 @@ def train(config, data, cluster=None):
     status 128 + signal; a one-process run resumes inside its epoch at the same shuffled position.
     """
     chief = cluster is None or config['task'] == 0
+    images_per_step = utils.images_per_update(config)
+    steps_per_epoch = len(data['train']) // images_per_step
+    if steps_per_epoch == 0:
+        raise UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
+                        'lower --batch_size or train on more images')
     print(deploy.precision_line(config), flush=True)
     server = deploy.start_server(config, cluster) if cluster else None
     if chief:
         utils.make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
-    images_per_step = utils.images_per_update(config)
-    steps_per_epoch = len(data['train']) // images_per_step
-    if steps_per_epoch == 0:
-        raise UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
-                        'lower --batch_size or train on more images')
     graph = tf.Graph()
     with graph.as_default(), deploy.variable_placement(config, cluster):
         model = build_training_graph(config, steps_per_epoch, cluster=cluster)
@@ -710,8 +716,12 @@ def resume_point(config):
     return utils.latest_checkpoint(config)[0]
 
 
+# vae.py's own command-line flags (every config key is one too): {name: (default, meaning)}, None for a switch.
+FLAGS = {'fresh': (None, 'start over in a new run folder (<run_directory>-2, -3, ...), keeping the old one')}
+
+
 def main(argv):
-    config, options = utils.parse_command_line(argv, {'fresh': None})
+    config, options = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
     if options['fresh'] and utils.has_checkpoints(config['run_directory'], config):
         new_directory = utils.new_run_directory(config['run_directory'], config)
         print(f'--fresh: {config["run_directory"]} holds an earlier run, kept as it is; training in {new_directory} '

@@ -22,6 +22,7 @@ import time
 if __name__ == '__main__':  # Ctrl-C while TensorFlow loads ends the script quietly: nothing to save yet
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+import imageio.v3 as iio
 import numpy as np
 from tqdm import tqdm
 
@@ -39,6 +40,7 @@ IWAE_MEMORY = 2 ** 30    # bytes of decoder activations one session.run of the i
 TRAVERSE_STEPS = 11      # values of one latent dimension in [-3, 3], per row of traversal.png
 TRAVERSE_DIMENSIONS = 8  # rows of traversal.png: the latent dimensions with the largest KL
 MANIFOLD_SIDE = 20       # manifold.png is MANIFOLD_SIDE x MANIFOLD_SIDE decoded points
+PROJECTOR_POINTS = 10000  # at most this many test images in the projector (its sprite stays under 8192 pixels)
 SAVE_SECONDS = 60        # the IWAE bound's progress is saved at most this often (and on Ctrl-C)
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j|x]) exceeds this
 
@@ -362,7 +364,7 @@ def write_curves(config):
     if 'loss' not in curves:
         raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
                         'train first with python vae.py')
-    data = datasets.load_dataset(config)
+    data = datasets.load_dataset(config, training=False)
     path = os.path.join(config['run_directory'], 'training_curves.png')
     save_training_curves(path, curves, len(data['train']) // config['batch_size'])
     print(f'wrote {path}')
@@ -389,6 +391,40 @@ def write_gif(config):
         print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
 
 
+def write_projector(config, z_means, images, labels):
+    """TensorBoard's projector in the run's log folder: the posterior means (projector_means.tsv), their labels
+    (projector_labels.tsv, MNIST) and a sprite of the images (projector_sprite.png), named by
+    projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
+    from google.protobuf import text_format
+    from tensorboard.plugins import projector
+    count = min(len(z_means), PROJECTOR_POINTS)
+    height, width = images.shape[1:3]
+    side = int(np.ceil(np.sqrt(count)))
+    folder = utils.run_path(config, 'log_directory')
+    os.makedirs(folder, exist_ok=True)
+    projector_config = projector.ProjectorConfig()
+    embedding = projector_config.embeddings.add()
+    embedding.tensor_name = f'test posterior means ({count} images, z_dim {z_means.shape[1]})'
+    embedding.tensor_path = 'projector_means.tsv'
+    utils.write_atomically(os.path.join(folder, embedding.tensor_path),
+                           lambda f: np.savetxt(f, z_means[:count], fmt='%.6g', delimiter='\t'))
+    if labels is not None:  # one column: no header line
+        embedding.metadata_path = 'projector_labels.tsv'
+        utils.write_atomically(os.path.join(folder, embedding.metadata_path),
+                               lambda f: f.write(''.join(f'{label}\n' for label in labels[:count])), 'w')
+    embedding.sprite.image_path = 'projector_sprite.png'
+    embedding.sprite.single_image_dim.extend([width, height])
+    sprite = utils.image_grid(images[:count], side, side, vae.pixel_range(config))
+    utils.write_atomically(os.path.join(folder, embedding.sprite.image_path),
+                           lambda f: iio.imwrite(f, sprite[..., 0] if sprite.shape[-1] == 1 else sprite,
+                                                 extension='.png'))
+    path = os.path.join(folder, 'projector_config.pbtxt')
+    text = text_format.MessageToString(projector_config)
+    utils.write_atomically(path, lambda f: f.write(text), 'w')
+    print(f'wrote {path} ({count} points{" with labels" if labels is not None else ""}); '
+          f'tensorboard --logdir {folder} shows them under Projector')
+
+
 def write_metrics(config, metrics):
     """metrics.json, only when every number is finite (JSON has no NaN; a NaN metric is a broken model)."""
     print_metrics(metrics)
@@ -403,10 +439,26 @@ def write_metrics(config, metrics):
     print(f'wrote {path}')
 
 
+# vae_inference.py's own command-line flags (every config key is one too, the run folder's config.json giving the
+# model's): {name: (default, meaning)}, None for a switch.
+FLAGS = {
+    'checkpoint': (-1, 'epoch of the model_<epoch> checkpoint to use; -1 = the newest'),
+    'evaluate': (None, 'test-set metrics and the importance-weighted bound -> metrics.json; interrupted, it goes on '
+                       'where it stopped when run again'),
+    'k': (1000, 'importance samples per test image for --evaluate (the literature protocol: 5000)'),
+    'num_test': (0, 'use the first this many test images (0 = all)'),
+    'interpolate': (None, 'interpolation.png: decodes along lines between pairs of test posterior means'),
+    'traverse': (None, 'traversal.png: the 8 latent dimensions with the largest KL, each over [-3, 3]'),
+    'manifold': (None, 'manifold.png: the 2-D latent manifold (a z_dim 2 model, e.g. --dataset MNIST_2d)'),
+    'scatter': (None, 'latent_scatter.png: test posterior means on their first two principal components'),
+    'curves': (None, 'training_curves.png from the TensorBoard logs'),
+    'projector': (None, "TensorBoard's projector of the test posterior means, with labels and a sprite of the "
+                        'images, in the log folder'),
+}
+
+
 def main(argv):
-    flags = {'checkpoint': -1, 'evaluate': None, 'k': 1000, 'num_test': 0, 'interpolate': None,
-             'traverse': None, 'manifold': None, 'scatter': None, 'curves': None}
-    config, options = utils.parse_command_line(argv, flags)
+    config, options = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
     if options['k'] <= 0 or options['num_test'] < 0:
         raise UserError('--k must be positive and --num_test zero (all) or positive')
     if options['checkpoint'] < -1:
@@ -417,7 +469,7 @@ def main(argv):
     if options['manifold'] and config['z_dim'] != 2:
         raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
-    pictures = [name for name in ('evaluate', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves')
+    pictures = [name for name in ('evaluate', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves', 'projector')
                 if options[name]]
     if options['curves']:
         write_curves(config)
@@ -426,7 +478,7 @@ def main(argv):
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     with sess:
-        data = datasets.load_dataset(config)
+        data = datasets.load_dataset(config, training=False)
         test_images = datasets.evaluation_images(config, data['test_images'])
         if options['num_test']:
             test_images = test_images[:options['num_test']]
@@ -451,6 +503,10 @@ def main(argv):
         if options['manifold']:
             write_grid(config, 'manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
                        f'epoch {epoch}: 2-D latent manifold')
+        if options['projector']:
+            z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
+            labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
+            write_projector(config, z_means, data['test_images'][:len(test_images)], labels)
         if options['scatter']:
             z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             path = os.path.join(config['run_directory'], 'latent_scatter.png')

@@ -86,7 +86,8 @@ def parameter_count(config):
 
 def main(argv):
     defaults = ['--num_train_images', '15360', '--num_epoch', '6', '--save_every', '1000', '--summary_every', '1000']
-    config, options = utils.parse_command_line(defaults + argv, {'repeats': 2})
+    config, options = utils.parse_command_line(defaults + argv, {'repeats': (2, 'timed rounds of every case')},
+                                               __doc__.split('\n\n')[0])
     if not os.path.isdir(os.path.join(ROOT, config['data_directory'])) and os.path.isdir(MNIST):
         config['data_directory'] = MNIST
     args = [f'--{key}={value}' for key, value in config.items() if isinstance(value, (int, float, str))] + \

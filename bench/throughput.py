@@ -265,16 +265,22 @@ def evaluation_table(config, options, ceiling):
 
 
 def main(argv):
-    flags = {'repeats': 5, 'steps': 0, 'case': '', 'precisions': '', 'batch_sizes': '256,512', 'evaluation': None,
-             'k': 5000, 'eval_images': 20}
-    config, options = utils.parse_command_line(argv, flags)
+    flags = {'repeats': (5, 'timed rounds of every case'),
+             'steps': (0, 'training steps in one timed run (0 = an epoch; CelebA 4)'),
+             'case': ('', 'internal: run one case in this process and print its result as JSON'),
+             'precisions': ('', 'comma-separated precisions to compare (e.g. float32,mixed_bfloat16)'),
+             'batch_sizes': ('256,512', 'batch sizes of the precision table'),
+             'evaluation': (None, "time vae_inference.py --evaluate's importance-weighted bound instead of training"),
+             'k': (5000, '--evaluation: importance samples per image'),
+             'eval_images': (20, '--evaluation: test images per timed round')}
+    config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     celeba = config['dataset'] == 'celebA'
     if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
         argv = ['--data_directory', MNIST] + argv
     if celeba and not os.path.isdir(config['data_directory']):
         folder = synthetic_celeba(os.path.join(tempfile.gettempdir(), 'vae-bench-celeba', 'img_align_celeba'))
         argv = ['--data_directory', folder, '--celebA_cache_directory', os.path.join(folder, '..', 'cache')] + argv
-    config, options = utils.parse_command_line(argv, flags)
+    config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     if not options['steps']:
         options['steps'] = 4 if celeba else len(datasets.load_dataset(config)['train']) // config['batch_size']
         argv = argv + ['--steps', str(options['steps'])]

@@ -3,11 +3,18 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from google.protobuf import text_format
 from PIL import Image
+from tensorboard.plugins import projector
 
+import config as config_module
 import datasets
 import utils
+import vae
+import vae_inference
 from conftest import MNIST_DIR, TINY, run_script
 
 FAST = TINY + ['--batch_size', '1000', '--num_epoch', '1']  # 60 steps an epoch
@@ -71,7 +78,7 @@ BAD_COMMAND_LINES = [
     (['--deterministic', 'maybe'], "--deterministic 'maybe' is not a valid bool"),
     (['--encoder_filters', '4,x,8'], "--encoder_filters '4,x,8' is not a valid list"),
     (['--encoder_filters', '4,8'], 'need the same length'),
-    (['--z_dim'], '--z_dim needs a value'),
+    (['--z_dim'], 'argument --z_dim: expected one argument'),
     (['stray'], "unexpected argument 'stray'"),
     (['--learning_rate', 'inf'], 'learning_rate must be positive and finite'),
     (['--kl_weight', 'nan'], 'kl_weight must be >= 0 and finite'),
@@ -157,10 +164,12 @@ def test_an_unwritable_run_folder_fails_clearly(tmp_path):
     assert blocker.read_text() == 'not a folder'
 
 
-def test_a_batch_larger_than_the_training_set_is_refused():
-    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001'])
-    with pytest.raises(utils.UserError, match='batch_size 60001 is larger than the 60000 training images'):
-        datasets.load_dataset(config)
+def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path, mnist):
+    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001',
+                                          '--run_directory', str(tmp_path / 'run')])
+    with pytest.raises(utils.UserError, match='60000 training images make no step of 60001 images'):
+        vae.train(config, datasets.load_dataset(config))
+    assert not os.path.exists(tmp_path / 'run')
 
 
 def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
@@ -174,3 +183,95 @@ def test_a_data_folder_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(utils.UserError, match='is a file, not a folder'):
         datasets.load_mnist(str(a_file), mirrors=())
     assert a_file.read_text() == 'not a folder'
+
+
+def normalised(text):
+    """text without whitespace: argparse wraps the help at spaces and hyphens."""
+    return ''.join(text.split())
+
+
+@pytest.mark.parametrize('dataset', sorted(config_module.configs))
+def test_help_lists_every_config_key_with_its_type_default_and_meaning(dataset, capsys):
+    for flags in (vae.FLAGS, vae_inference.FLAGS):
+        with pytest.raises(SystemExit) as exit:
+            utils.parse_command_line(['--dataset', dataset, '--help'], flags)
+        assert exit.value.code == 0
+        text = normalised(capsys.readouterr().out)
+        meanings = {key: meaning for group in config_module.descriptions.values() for key, meaning in group.items()}
+        for key, value in config_module.configs[dataset].items():
+            assert normalised(meanings[key]) in text, key
+            if key != 'dataset':
+                kind = utils.TYPE_NAMES[type(value)]
+                default = normalised(f'(default: {utils.flag_value(value) or "none"})')
+                assert f'--{key}{kind}' in text and default in text, key
+        for name, (default, meaning) in flags.items():
+            assert f'--{name}' in text and normalised(meaning) in text
+        for group in config_module.descriptions:
+            assert normalised(f'{group}:') in text
+
+
+def test_every_described_key_is_in_a_config_and_every_key_described():
+    described = [key for group in config_module.descriptions.values() for key in group]
+    assert len(described) == len(set(described))
+    assert set(described) == set().union(*config_module.configs.values())
+
+
+def test_both_flag_forms_give_the_config_of_the_dict_with_those_values():
+    spaced = ['--z_dim', '8', '--encoder_filters', '4,8,8', '--deterministic', 'false', '--learning_rate', '0.001',
+              '--likelihood', 'bernoulli', '--kl_schedule', 'cyclical']
+    joined = [f'{key}={value}' for key, value in zip(spaced[::2], spaced[1::2])]
+    expected = dict(config_module.config_mnist, z_dim=8, encoder_filters=[4, 8, 8], deterministic=False,
+                    learning_rate=0.001, likelihood='bernoulli', kl_schedule='cyclical')
+    assert utils.parse_command_line(spaced)[0] == expected == utils.parse_command_line(joined)[0]
+    assert utils.parse_command_line(['--dataset=MNIST_2d'])[0] == config_module.config_mnist_2d
+    config, options = utils.parse_command_line(['--k=7', '--evaluate', '--checkpoint', '3'], vae_inference.FLAGS)
+    assert config == config_module.config_mnist and options['k'] == 7 and options['evaluate'] and \
+        options['checkpoint'] == 3 and not options['projector']
+
+
+def test_a_run_with_other_architecture_flags_is_restored_from_its_folder_alone(tmp_path):
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *TINY, '--num_train_images', '640', '--kernel_size', '5', '--run_directory',
+                      run).returncode == 0
+    result = run_script('vae_inference.py', '--run_directory', run, '--evaluate', '--k', '3', '--num_test', '20')
+    assert result.returncode == 0, result.stderr
+    assert 'restored' in result.stdout and json.load(open(run / 'metrics.json'))['z_dim'] == 4
+    # Resuming takes them from there too; a flag may repeat the run's value but not contradict it.
+    result = run_script('vae.py', '--run_directory', run, '--num_epoch', '3', '--z_dim', '4')
+    assert result.returncode == 0 and 'resuming' in result.stdout, result.stderr
+    result = run_script('vae_inference.py', '--run_directory', run, '--kernel_size', '3')
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {run} was trained with kernel_size=5 but --kernel_size says 3; leave "
+                             "--kernel_size out to use the run's value, or pass --fresh (training) for a new run "
+                             "folder\n")
+
+
+def test_tensorboard_gets_posterior_histograms_the_kl_per_dimension_and_the_projector(tmp_path, mnist):
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *TINY, '--num_train_images', '640', '--run_directory', run).returncode == 0
+    tags, kl = {}, {}
+    for path in (run / 'logs').glob('events.out.tfevents.*'):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, value.WhichOneof('value'))
+                if value.tag == 'kl' or value.tag.startswith('kl_dimension/'):
+                    kl.setdefault(event.step, {})[value.tag] = value.simple_value
+    assert tags['z_mean'] == tags['z_std'] == tags['kl_per_dimension'] == 'histo'
+    assert {tag for tag in tags if tag.startswith('kl_dimension/')} == {f'kl_dimension/{i:03d}' for i in range(4)}
+    for values in kl.values():  # the dimensions' KL adds up to the KL
+        assert sum(v for tag, v in values.items() if tag != 'kl') == pytest.approx(values['kl'], rel=1e-4)
+
+    result = run_script('vae_inference.py', '--run_directory', run, '--projector', '--num_test', '300')
+    assert result.returncode == 0, result.stderr
+    projector_config = projector.ProjectorConfig()
+    text_format.Parse((run / 'logs' / 'projector_config.pbtxt').read_text(), projector_config)
+    embedding, = projector_config.embeddings
+    means = np.loadtxt(run / 'logs' / embedding.tensor_path, delimiter='\t')
+    assert means.shape == (300, 4) and np.isfinite(means).all() and means.std(axis=0).min() > 0
+    labels = (run / 'logs' / embedding.metadata_path).read_text().split()
+    assert labels == [str(label) for label in mnist['test_labels'][:300]]
+    assert list(embedding.sprite.single_image_dim) == [28, 28]
+    with Image.open(run / 'logs' / embedding.sprite.image_path) as sprite:
+        assert sprite.size == (18 * 28, 18 * 28)  # 300 images on an 18 x 18 grid
+        first = np.asarray(sprite)[:28, :28]
+    assert np.array_equal(first, np.round(mnist['test_images'][0, ..., 0] * 255).astype(np.uint8))
