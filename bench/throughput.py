@@ -4,6 +4,8 @@
     python bench/throughput.py --repeats 3 --num_threads 1   # config keys override as in vae.py
     python bench/throughput.py --dataset celebA          # CelebA: 5 rounds of 4 steps per case, and the input alone
     python bench/throughput.py --precisions float32,mixed_bfloat16 --repeats 3   # precisions x batch 256, 512
+    python bench/throughput.py --dataset MNIST_bernoulli --samples 1,5 --steps 100   # the iwae objective's k
+    python bench/throughput.py --dataset MNIST_bernoulli --evaluation   # vae_inference.py --evaluate's rate, k=5000
 
 Each timed run is a process of its own (so its peak memory is its own); the cases alternate round by round,
 since this shared machine's speed drifts. It runs the training step exactly as
@@ -177,6 +179,10 @@ def run_case(config, options):
         data = datasets.load_dataset(config)
         rates, loss = time_steps(config, data, 'tf.data', options['repeats'], len(data['train']) // int(batch))
         result = {'rates': rates, 'loss': loss}
+    elif mode.startswith('samples:'):  # samples:<train_samples>, the iwae objective
+        config = {**config, 'objective': 'iwae', 'train_samples': int(mode.split(':')[1])}
+        rates, _ = time_steps(config, datasets.load_dataset(config), 'tf.data', options['repeats'], options['steps'])
+        result = {'rates': rates}
     else:
         rates, _ = time_steps(config, datasets.load_dataset(config), mode, options['repeats'], options['steps'])
         result = {'rates': rates}
@@ -264,6 +270,26 @@ def evaluation_table(config, options, ceiling):
           f'{100 * median * flops / (ceiling * 1e9):>11.1f}% | {5e7 / median / 60:>17,.1f} min |')
 
 
+def samples_table(argv, options):
+    """The iwae objective's cost: training images/s and peak memory for each train_samples k, cases alternated
+    round by round (the decoder runs k times per image, the encoder once)."""
+    samples = [int(k) for k in options['samples'].split(',')]
+    rates, peaks = {k: [] for k in samples}, {k: 0 for k in samples}
+    for _ in range(options['repeats']):
+        for k in samples:
+            measured = measure(argv + ['--repeats', '1'], f'samples:{k}')
+            rates[k] += measured['rates']
+            peaks[k] = max(peaks[k], measured['peak_mib'])
+    base = np.median(rates[samples[0]])
+    print(f'| {"train_samples k":>15} | {"images/s median":>15} | {"min - max":>17} | {f"vs k={samples[0]}":>8} | '
+          f'{"peak MiB":>8} |')
+    print(f'| {"-" * 14}:| {"-" * 15}:| {"-" * 16}:| {"-" * 7}:| {"-" * 7}:|')
+    for k in samples:
+        median = np.median(rates[k])
+        print(f'| {k:>15} | {median:>15,.1f} | {min(rates[k]):>8,.1f}-{max(rates[k]):<8,.1f} | '
+              f'{median / base:>7.2f}x | {peaks[k]:>8,.0f} |')
+
+
 def main(argv):
     flags = {'repeats': (5, 'timed rounds of every case'),
              'steps': (0, 'training steps in one timed run (0 = an epoch; CelebA 4)'),
@@ -272,7 +298,8 @@ def main(argv):
              'batch_sizes': ('256,512', 'batch sizes of the precision table'),
              'evaluation': (None, "time vae_inference.py --evaluate's importance-weighted bound instead of training"),
              'k': (5000, '--evaluation: importance samples per image'),
-             'eval_images': (20, '--evaluation: test images per timed round')}
+             'eval_images': (20, '--evaluation: test images per timed round'),
+             'samples': ('', 'comma-separated train_samples k to compare under the iwae objective (e.g. 1,5)')}
     config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     celeba = config['dataset'] == 'celebA'
     if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
@@ -289,6 +316,8 @@ def main(argv):
     ceiling = matmul_gflops(config)
     if options['evaluation']:
         return evaluation_table(config, options, ceiling)
+    if options['samples']:
+        return samples_table(argv, options)
     flops = training_flops_per_image(config)
     print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:,.1f} MFLOP per training image; '
           f'2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling {ceiling * 1e9 / flops:,.0f} images/s; '
