@@ -375,7 +375,8 @@ def check_run_config(config, resuming=False):
     for key in RUN_IDENTITY_KEYS + (('num_train_images', 'batch_size') if resuming else ()):
         if key in saved and saved[key] != config[key]:
             raise UserError(
-                f'{config["run_directory"]} was trained with {key}={saved[key]} but --{key} says {config[key]}; '
+                f'{config["run_directory"]} was trained with {key}={flag_value(saved[key])} but --{key} says '
+                f'{flag_value(config[key])}; '
                 f'leave --{key} out to use the run\'s value, or pass --fresh (training) for a new run folder')
     if resuming and {'worker_replicas', 'num_ps_tasks', 'sync_replicas'} <= set(saved) and \
             images_per_update(saved) != images_per_update(config):

@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -425,6 +426,34 @@ def write_projector(config, z_means, images, labels):
           f'tensorboard --logdir {folder} shows them under Projector')
 
 
+def export_run(config, epoch, folder):
+    """A run folder at `folder` holding model_<epoch>'s weights alone (no Adam slots, no step: a few MB), the run's
+    config.json, its op-gen frames (generations.gif) and its TensorBoard logs (--curves): what vae_inference.py
+    needs to restore, evaluate and picture it anywhere. An existing checkpoint there is never overwritten."""
+    source = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    exported = {**config, 'run_directory': folder}
+    if utils.has_checkpoints(folder, exported):
+        raise UserError(f'{folder} already holds checkpoints; choose an empty folder for --export')
+    utils.make_run_folders(exported)
+    graph = tf.Graph()
+    with graph.as_default():
+        vae.build_inference_graph(config)
+        saver = tf1.train.Saver()  # the model's variables only
+    with tf1.Session(graph=graph) as sess:
+        utils.restore_checkpoint(sess, saver, source)
+        saver.save(sess, os.path.join(utils.run_path(exported, 'model_directory'), f'model_{epoch}'),
+                   write_meta_graph=False)
+    utils.save_run_config(exported)
+    frames = utils.run_path(exported, 'gen_directory')
+    os.makedirs(frames, exist_ok=True)
+    for _, path in utils.epoch_frames(utils.run_path(config, 'gen_directory')):
+        shutil.copy(path, frames)
+    for path in glob.glob(os.path.join(utils.run_path(config, 'log_directory'), 'events.out.tfevents.*')):
+        shutil.copy(path, utils.run_path(exported, 'log_directory'))
+    print(f'wrote {folder}: model_{epoch} (weights only), config.json, {config["gen_directory"]}/ and the '
+          f'TensorBoard logs; restore it with python vae_inference.py --run_directory {folder}')
+
+
 def write_metrics(config, metrics):
     """metrics.json, only when every number is finite (JSON has no NaN; a NaN metric is a broken model)."""
     print_metrics(metrics)
@@ -454,6 +483,8 @@ FLAGS = {
     'curves': (None, 'training_curves.png from the TensorBoard logs'),
     'projector': (None, "TensorBoard's projector of the test posterior means, with labels and a sprite of the "
                         'images, in the log folder'),
+    'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
+                   'the GIF frames: a run to share or commit'),
 }
 
 
@@ -477,6 +508,9 @@ def main(argv):
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
+    if options['export']:
+        sess.close()
+        return export_run(config, epoch, options['export'])
     with sess:
         data = datasets.load_dataset(config, training=False)
         test_images = datasets.evaluation_images(config, data['test_images'])

@@ -112,15 +112,16 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
         ran, at = re.search(r'ran (\d+) steps; the run is at step (\d+) of ', output[log]).groups()
         assert int(ran) >= (name == 'chief') and total_steps <= int(at) <= total_steps + 1, (name, output[log])
     assert 'every worker finished' in output['ps']
-    # Every worker follows the KL warm-up of the global step: the weight of an epoch's last step, step s, is
-    # s / 40 (4 epochs of 10 synchronous or 20 asynchronous steps); an asynchronous worker may have read a step
-    # another worker was updating.
+    # Every worker follows the KL warm-up of the global step over 4 epochs (of 10 synchronous or 20 asynchronous
+    # steps). Synchronous: the weight of an epoch's last step s is exactly s / 40. Asynchronous: a worker's step
+    # read the global step while others were updating it, so the weight lies within its epoch's range.
     steps_per_epoch = total_steps // 12
     for name in ('chief', 'worker1', 'again'):
         for epoch, weight in re.findall(r'^epoch +(\d+) .* kl weight (\S+)', output[name], re.M):
-            expected = min(1, ((int(epoch) + 1) * steps_per_epoch - 1) / (4 * steps_per_epoch))
-            assert abs(float(weight) - expected) <= (0 if sync == 'true' else 2) / (4 * steps_per_epoch) + 1e-4, \
-                (name, epoch, weight, expected)
+            last = min(1, ((int(epoch) + 1) * steps_per_epoch - 1) / (4 * steps_per_epoch))
+            first = min(1, int(epoch) / 4)
+            assert (abs(float(weight) - last) < 1e-4 if sync == 'true' else first <= float(weight) <= last + 1e-4), \
+                (name, epoch, weight, last)
     assert re.search(r'kl weight', output['worker1'] + output['again'])
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
     assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']

@@ -173,7 +173,7 @@ def test_evaluating_with_the_wrong_likelihood_or_manifold_on_a_wide_latent_fails
     result = run_script('vae_inference.py', *FAST_2D, '--run_directory', run, '--evaluate', '--likelihood',
                         'bernoulli')
     assert result.returncode == 1
-    assert 'trained with likelihood=gaussian but the config says bernoulli' in result.stderr
+    assert 'trained with likelihood=gaussian but --likelihood says bernoulli' in result.stderr
     result = run_script('vae_inference.py', *TINY, '--run_directory', run, '--manifold')
     assert result.returncode == 1 and '--manifold needs a model with z_dim 2, this one has 4' in result.stderr
     assert not os.path.exists(run / 'metrics.json')

@@ -134,9 +134,10 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     assert json.load(open(run / 'config.json'))['z_dim'] == 4
     result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--z_dim', '8')
     assert result.returncode == 1
-    assert 'trained with z_dim=4 but the config says 8' in result.stderr
+    assert 'trained with z_dim=4 but --z_dim says 8' in result.stderr
     result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--encoder_filters', '4,8,16')
-    assert result.returncode == 1 and 'pass --encoder_filters 4,8,8 to use that run' in result.stderr
+    assert result.returncode == 1 and 'trained with encoder_filters=4,8,8 but --encoder_filters says 4,8,16; leave ' \
+        '--encoder_filters out' in result.stderr
     result = run_script('vae_inference.py', *FAST, '--run_directory', run, '--checkpoint', '7')
     assert result.returncode == 1 and 'no checkpoint model_7' in result.stderr and 'it has epochs 0' in result.stderr
     # Training with another architecture on the same folder is refused too, and the checkpoint survives.
@@ -236,6 +237,17 @@ def test_a_run_with_other_architecture_flags_is_restored_from_its_folder_alone(t
     result = run_script('vae_inference.py', '--run_directory', run, '--evaluate', '--k', '3', '--num_test', '20')
     assert result.returncode == 0, result.stderr
     assert 'restored' in result.stdout and json.load(open(run / 'metrics.json'))['z_dim'] == 4
+    # --export: the weights alone, restorable from that folder, scoring the same (the noise is seeded per image).
+    shared = tmp_path / 'shared'
+    assert run_script('vae_inference.py', '--run_directory', run, '--export', shared).returncode == 0
+    names = [name for name, _ in tf.train.list_variables(str(shared / 'models' / 'model_1'))]
+    assert names and not [name for name in names if 'Adam' in name or name == 'global_step']
+    result = run_script('vae_inference.py', '--run_directory', shared, '--evaluate', '--k', '3', '--num_test', '20')
+    assert result.returncode == 0, result.stderr
+    assert json.load(open(shared / 'metrics.json'))['negative_iwae_nats'] == \
+        json.load(open(run / 'metrics.json'))['negative_iwae_nats']
+    assert run_script('vae_inference.py', '--run_directory', shared).returncode == 0
+    assert (shared / 'generations.gif').exists()
     # Resuming takes them from there too; a flag may repeat the run's value but not contradict it.
     result = run_script('vae.py', '--run_directory', run, '--num_epoch', '3', '--z_dim', '4')
     assert result.returncode == 0 and 'resuming' in result.stdout, result.stderr
