@@ -537,14 +537,13 @@ def main(argv):
         if options['manifold']:
             write_grid(config, 'manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
                        f'epoch {epoch}: 2-D latent manifold')
-        if options['projector']:
+        if options['projector'] or options['scatter']:  # both show the test posterior means: encode them once
             z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
+        if options['projector']:
             write_projector(config, z_means, data['test_images'][:len(test_images)], labels)
         if options['scatter']:
-            z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             path = os.path.join(config['run_directory'], 'latent_scatter.png')
-            labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
             save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')
             print(f'wrote {path}')
     if not pictures:
