@@ -431,7 +431,9 @@ def export_run(config, epoch, folder):
     config.json, its op-gen frames (generations.gif) and its TensorBoard logs (--curves): what vae_inference.py
     needs to restore, evaluate and picture it anywhere. An existing checkpoint there is never overwritten."""
     source = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
-    exported = {**config, 'run_directory': folder}
+    # The run's own config.json, training settings included (config holds only its RUN_KEYS, the rest is
+    # config.py's), so the copy says how the weights were trained.
+    exported = {**(utils.saved_run_config(config) or config), 'run_directory': folder}
     if utils.has_checkpoints(folder, exported):
         raise UserError(f'{folder} already holds checkpoints; choose an empty folder for --export')
     utils.make_run_folders(exported)

@@ -242,6 +242,8 @@ def test_a_run_with_other_architecture_flags_is_restored_from_its_folder_alone(t
     assert run_script('vae_inference.py', '--run_directory', run, '--export', shared).returncode == 0
     names = [name for name, _ in tf.train.list_variables(str(shared / 'models' / 'model_1'))]
     assert names and not [name for name in names if 'Adam' in name or name == 'global_step']
+    trained = json.load(open(run / 'config.json'))
+    assert json.load(open(shared / 'config.json')) == {**trained, 'run_directory': str(shared)}
     result = run_script('vae_inference.py', '--run_directory', shared, '--evaluate', '--k', '3', '--num_test', '20')
     assert result.returncode == 0, result.stderr
     assert json.load(open(shared / 'metrics.json'))['negative_iwae_nats'] == \
