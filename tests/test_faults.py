@@ -144,11 +144,16 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist
 
 
 def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *BASE, '--run_directory',
-                                str(tmp_path / 'run')], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True,
-                               # A user's Ctrl-C: a suite started in the background inherits SIGINT ignored
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A user's Ctrl-C finds SIGINT's default action. A suite started in the background (bash's '&') ignores
+    # SIGINT, and exec keeps an ignored signal ignored but resets a handled one: handle it while the child starts
+    # (preexec_fn would do it in the child, but is unsafe beside TensorFlow's threads).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *BASE, '--run_directory',
+                                    str(tmp_path / 'run')], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     process.send_signal(signal.SIGINT)  # at once: TensorFlow is still loading
     _, stderr = process.communicate(timeout=120)
     assert process.returncode in (-signal.SIGINT, 130) and 'Traceback' not in stderr, stderr
