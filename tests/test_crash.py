@@ -64,7 +64,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp
         stale = temporary_files(run)
         process = start_training(run)
         if rounds % 2:
-            mid_write = wait_for_checkpoint_write(run, timeout=30, stale=stale)
+            mid_write = wait_for_checkpoint_write(run, timeout=120, stale=stale)
             lines = []
         else:  # right after a random one of its epoch and save lines: mid-save or mid-epoch
             lines, wanted = [], rng.randint(1, 3)
@@ -79,8 +79,11 @@ def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp
         output = ''.join(lines) + output
         finished = process.returncode == 0
         killed_mid_write += mid_write and not finished
-        assert resumed_step(output) == expected_step, output
-        resumed_correctly += rounds > 0
+        # Killed before its first epoch or save line (start-up on a loaded machine), it may not have said yet
+        # where it resumes; once it trains, it must have resumed from the newest complete checkpoint.
+        if any(line.startswith(('resuming', 'epoch ', 'saved ')) for line in output.splitlines()):
+            assert resumed_step(output) == expected_step, output
+            resumed_correctly += rounds > 0
         steps = complete_checkpoint_steps(run)
         assert max(steps, default=0) >= expected_step  # the newest complete save is never lost
         expected_step = max(steps, default=0)
