@@ -36,8 +36,9 @@ config_mnist = {
 # --run_directory MNIST-bernoulli --evaluate --k 5000). Sizes, epochs and schedules chosen by experiment (README).
 config_mnist_bernoulli = dict(
     config_mnist, likelihood='bernoulli', binarize=True, run_directory='MNIST-bernoulli',
-    z_dim=32, encoder_filters=[64, 128, 128], decoder_filters=[64, 32, 1],
-    batch_size=128, num_epoch=120, learning_rate=0.003, learning_rate_decay=0.98,
+    z_dim=32, encoder_filters=[64, 128, 128], encoder_strides=[2, 2, 1],  # 28 -> 7x7x128
+    decoder_filters=[64, 64, 1], decoder_strides=[1, 2, 2], output_head='conv_sigmoid',  # 7 -> 28x28x1 logits
+    batch_size=128, num_epoch=100, learning_rate=0.003, learning_rate_decay=0.98,
     kl_schedule='linear', kl_warmup_epochs=10, save_every=10,
 )
 

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import datasets
 import utils
 import vae
 import vae_inference
-from conftest import MNIST_DIR, TINY, run_script
+from conftest import MNIST_DIR, ROOT, TINY, run_script
 
 FAST = TINY + ['--batch_size', '1000', '--num_epoch', '1']  # 60 steps an epoch
 
@@ -289,3 +290,26 @@ def test_tensorboard_gets_posterior_histograms_the_kl_per_dimension_and_the_proj
         assert sprite.size == (18 * 28, 18 * 28)  # 300 images on an 18 x 18 grid
         first = np.asarray(sprite)[:28, :28]
     assert np.array_equal(first, np.round(mnist['test_images'][0, ..., 0] * 255).astype(np.uint8))
+
+
+def test_the_committed_reference_run_is_the_preset_and_restores(tmp_path):
+    """MNIST/results/bernoulli is what the README's results table reports: it must be a run of today's
+    MNIST_bernoulli preset (a changed preset needs a new reference run) and restore on a fresh clone."""
+    committed = os.path.join(ROOT, 'MNIST', 'results', 'bernoulli')
+    with open(os.path.join(committed, 'config.json')) as f:
+        trained = json.load(f)
+    preset = config_module.configs['MNIST_bernoulli']
+    changed = {key: (trained.get(key), value) for key, value in preset.items()
+               if trained.get(key) != value and key not in ('data_directory', 'run_directory')}
+    assert not changed, f'(reference run, preset) differ: {changed}'
+
+    run = tmp_path / 'run'  # what a restore needs, copied: --evaluate writes into the folder
+    shutil.copytree(os.path.join(committed, 'models'), run / 'models')
+    shutil.copy(os.path.join(committed, 'config.json'), run)
+    result = run_script('vae_inference.py', '--run_directory', run, '--data_directory', MNIST_DIR, '--evaluate',
+                        '--k', '2', '--num_test', '20')
+    assert result.returncode == 0, result.stderr
+    with open(run / 'metrics.json') as f:
+        metrics = json.load(f)
+    assert metrics['checkpoint'] == f"model_{preset['num_epoch'] - 1}"
+    assert (metrics['iwae_k'], metrics['test_images']) == (2, 20) and np.isfinite(metrics['negative_iwae_nats'])
