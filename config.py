@@ -21,7 +21,7 @@ config_mnist = {
     # training
     'batch_size': 256, 'num_epoch': 100, 'learning_rate': 0.0005, 'learning_rate_decay': 1.0,
     'kl_schedule': 'constant', 'kl_warmup_epochs': 10, 'kl_cycle_epochs': 10, 'kl_cycle_ramp': 0.5, 'free_bits': 0.0,
-    'objective': 'elbo', 'train_samples': 1, 'save_every': 5, 'summary_every': 50, 'seed': 0,
+    'objective': 'elbo', 'train_samples': 1, 'iwae_start_epoch': 0, 'save_every': 5, 'summary_every': 50, 'seed': 0,
     'deterministic': True, 'num_threads': 0, 'precision': 'float32',
     # several devices and machines (README, "Several devices, several machines"); defaults: one process, one device
     'num_clones': 1, 'clone_on_cpu': False, 'worker_replicas': 1, 'num_ps_tasks': 0, 'job_name': 'worker', 'task': 0,
@@ -122,6 +122,8 @@ descriptions = {
         'objective': "'elbo', or 'iwae': the importance-weighted bound of train_samples samples (Burda et al. "
                      '2015); the same loss for train_samples 1',
         'train_samples': 'samples of q(z|x) per training image (the decoder runs this many times per image)',
+        'iwae_start_epoch': "'iwae': epochs trained on the one-sample ELBO before the IWAE bound takes over (the "
+                            'ELBO epochs cost 1/train_samples of the decoder passes); 0 = IWAE from the start',
         'save_every': 'checkpoint and image grids at epoch 0, every this many epochs, and the last',
         'summary_every': 'TensorBoard scalars and histograms every this many steps',
         'seed': 'seeds the weights, the shuffling, the sampling noise and the fixed grids',

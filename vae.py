@@ -659,6 +659,15 @@ def session_and_role(config, data, graph, model, cluster, server, checkpoint, st
         f'start the chief again{restart} to resume from there', 'start the cluster again')
 
 
+def training_phases(config):
+    """The configs a run trains in, in order. With objective 'iwae' and iwae_start_epoch E > 0: the one-sample
+    ELBO up to epoch E, then the IWAE bound to num_epoch (the schedules are functions of the global step, so they
+    run on across the switch); otherwise config alone."""
+    if config['objective'] != 'iwae' or not config['iwae_start_epoch']:
+        return [config]
+    return [dict(config, objective='elbo', train_samples=1, num_epoch=config['iwae_start_epoch']), config]
+
+
 def train(config, data, cluster=None):
     """Train (or resume) the run in config['run_directory'] on data['train']; returns the per-epoch mean losses
     this process saw.
@@ -670,7 +679,13 @@ def train(config, data, cluster=None):
     restores and writes checkpoints, summaries, grids and config.json; a worker that stops can be started again
     and rejoins. SIGINT / SIGTERM on the chief finish the current step, save interrupted_<step> and exit with
     status 128 + signal; a one-process run resumes inside its epoch at the same shuffled position.
+    Each of training_phases builds its own graph and resumes from the checkpoint the one before left.
     """
+    phases = training_phases(config)
+    if cluster and len(phases) > 1:
+        raise UserError(f'iwae_start_epoch {config["iwae_start_epoch"]} needs one process (a cluster cannot rebuild '
+                        f'its graphs together); train the cluster with --objective elbo --num_epoch '
+                        f'{config["iwae_start_epoch"]}, then again with --objective iwae --iwae_start_epoch 0')
     chief = cluster is None or config['task'] == 0
     images_per_step = utils.images_per_update(config)
     steps_per_epoch = len(data['train']) // images_per_step
@@ -683,15 +698,30 @@ def train(config, data, cluster=None):
         utils.make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
+    epoch_losses = []
+    for phase in phases:
+        if len(phases) > 1 and phase is config:
+            print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
+                  f'{config["iwae_start_epoch"]} (the one-sample ELBO before it)', flush=True)
+        epoch_losses += train_phase(phase, config, data, cluster, server, steps_per_epoch, final=phase is config)
+    return epoch_losses
+
+
+def train_phase(phase, config, data, cluster, server, steps_per_epoch, final):
+    """train's graph, session and loop for one of training_phases (config.json records config, the whole run);
+    a phase that is not the last and has ended returns at once."""
+    chief = cluster is None or config['task'] == 0
     graph = tf.Graph()
-    with graph.as_default(), deploy.variable_placement(config, cluster):
-        model = build_training_graph(config, steps_per_epoch, cluster=cluster)
+    with graph.as_default(), deploy.variable_placement(phase, cluster):
+        model = build_training_graph(phase, steps_per_epoch, cluster=cluster)
     with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
-        checkpoint = resume_point(config) if chief else None
-        session, role = session_and_role(config, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
+        checkpoint = resume_point(phase) if chief else None
+        session, role = session_and_role(phase, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
         with session as sess, stop_requests(enabled=chief) as stop_signal:
             step = int(sess.raw(lambda s: s.run(model.global_step)))
             if chief:
+                if step >= role.last_step and not final:
+                    return []
                 if checkpoint:
                     print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
                 if step >= role.last_step:  # config.json keeps the values the run was trained with
@@ -699,11 +729,11 @@ def train(config, data, cluster=None):
                           '--num_epoch to go on, or pass --fresh to start a new run')
                     return []
                 utils.save_run_config(config)
-            epoch_losses, steps_here, step = training_loop(sess, model, config, data, role, stop_signal)
+            epoch_losses, steps_here, step = training_loop(sess, model, phase, data, role, stop_signal)
     if cluster:
         print(f'worker {config["task"]}: ran {steps_here} steps; the run is at step {step} of {role.last_step}' +
               (f' in {config["run_directory"]}' if chief else ''))
-    else:
+    elif final:
         print(f'trained {config["num_epoch"]} epochs ({step} steps) in {config["run_directory"]}')
     return epoch_losses
 

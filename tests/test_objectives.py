@@ -1,5 +1,6 @@
 """Training objectives: KL schedules, free bits, the IWAE objective, learning-rate decay, and an evaluation
 that can be interrupted."""
+import json
 import re
 
 import numpy as np
@@ -59,6 +60,36 @@ def test_a_resumed_run_goes_on_with_the_schedule_where_it_stopped(tmp_path, mnis
     assert np.allclose(weights, np.minimum(1, steps / 30) * 0.0005)
     printed = [float(weight) for weight in re.findall(r'kl weight (\S+)', capsys.readouterr().out)]
     assert np.allclose(printed, [9 / 30, 19 / 30, 29 / 30, 1], atol=1e-4)  # each epoch's last step
+
+
+def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_in_either(tmp_path, mnist,
+                                                                                        monkeypatch, capsys):
+    built = []  # (objective, train_samples, num_epoch) of each training graph
+
+    def recording(config, *args, **kwargs):
+        built.append((config['objective'], config['train_samples'], config['num_epoch']))
+        return build_training_graph(config, *args, **kwargs)
+
+    build_training_graph = vae.build_training_graph
+    monkeypatch.setattr(vae, 'build_training_graph', recording)
+    data = subset(mnist, 640)  # 10 steps of 64 images an epoch
+    args = [*BERNOULLI, '--objective', 'iwae', '--train_samples', '3', '--iwae_start_epoch', '2', '--save_every', '1']
+    run = tmp_path / 'run'
+    vae.train(tiny_config(run, *args, '--num_epoch', '3'), data)
+    assert built == [('elbo', 1, 2), ('iwae', 3, 3)]
+    printed = capsys.readouterr().out
+    assert re.findall(r'^epoch +(\d+)', printed, re.M) == ['0', '1', '2']
+    assert 'resuming' in printed.split('objective: the IWAE bound of 3 samples from epoch 2')[1]  # from model_1
+    saved = json.load(open(run / 'config.json'))  # the run's own settings, not the ELBO phase's
+    assert (saved['objective'], saved['train_samples'], saved['iwae_start_epoch'], saved['num_epoch']) == \
+        ('iwae', 3, 2, 3)
+
+    built.clear()  # going on: the ELBO phase has ended, the IWAE one resumes at step 30
+    vae.train(tiny_config(run, *args, '--num_epoch', '4'), data)
+    assert built == [('elbo', 1, 2), ('iwae', 3, 4)]
+    printed = capsys.readouterr().out
+    assert re.findall(r'^epoch +(\d+)', printed, re.M) == ['3'] and 'step 30)' in printed
+    assert utils.latest_checkpoint(tiny_config(run))[1] == 40
 
 
 @pytest.mark.parametrize('likelihood', [BERNOULLI, ['--likelihood', 'gaussian']])
