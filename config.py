@@ -38,8 +38,9 @@ config_mnist_bernoulli = dict(
     config_mnist, likelihood='bernoulli', binarize=True, run_directory='MNIST-bernoulli',
     z_dim=32, encoder_filters=[64, 128, 128], encoder_strides=[2, 2, 1],  # 28 -> 7x7x128
     decoder_filters=[64, 64, 1], decoder_strides=[1, 2, 2], output_head='conv_sigmoid',  # 7 -> 28x28x1 logits
-    batch_size=128, num_epoch=100, learning_rate=0.003, learning_rate_decay=0.98,
+    batch_size=128, num_epoch=130, learning_rate=0.003, learning_rate_decay=0.98,
     kl_schedule='linear', kl_warmup_epochs=10, save_every=10,
+    objective='iwae', train_samples=5, iwae_start_epoch=100,  # 100 epochs of the ELBO, then 30 of IWAE k=5
 )
 
 # A 2-D latent space for the paper's Figure 4 manifold picture (python vae.py --dataset MNIST_2d).

@@ -173,9 +173,6 @@ def check_config(config):
     for key in ('kl_weight', 'kl_warmup_epochs', 'free_bits', 'iwae_start_epoch'):
         if not 0 <= config[key] < math.inf:
             raise UserError(f'{key} must be >= 0 and finite, got {config[key]}; fix it with --{key}')
-    if config['objective'] == 'iwae' and config['iwae_start_epoch'] >= config['num_epoch']:
-        raise UserError(f'iwae_start_epoch {config["iwae_start_epoch"]} leaves none of the {config["num_epoch"]} '
-                        'epochs to the IWAE objective; lower --iwae_start_epoch or raise --num_epoch')
     if not 0 < config['kl_cycle_ramp'] <= 1 or not 0 < config['learning_rate_decay'] <= 1:
         raise UserError('kl_cycle_ramp and learning_rate_decay must be in (0, 1], got '
                         f'{config["kl_cycle_ramp"]} and {config["learning_rate_decay"]}')

@@ -662,10 +662,12 @@ def session_and_role(config, data, graph, model, cluster, server, checkpoint, st
 def training_phases(config):
     """The configs a run trains in, in order. With objective 'iwae' and iwae_start_epoch E > 0: the one-sample
     ELBO up to epoch E, then the IWAE bound to num_epoch (the schedules are functions of the global step, so they
-    run on across the switch); otherwise config alone."""
-    if config['objective'] != 'iwae' or not config['iwae_start_epoch']:
+    run on across the switch); a run of E epochs or fewer is all ELBO. Otherwise config alone."""
+    start = config['iwae_start_epoch']
+    if config['objective'] != 'iwae' or not start:
         return [config]
-    return [dict(config, objective='elbo', train_samples=1, num_epoch=config['iwae_start_epoch']), config]
+    elbo = dict(config, objective='elbo', train_samples=1, num_epoch=min(start, config['num_epoch']))
+    return [elbo, config] if start < config['num_epoch'] else [elbo]
 
 
 def train(config, data, cluster=None):
@@ -698,12 +700,16 @@ def train(config, data, cluster=None):
         utils.make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
+    if phases[-1] is not config:
+        print(f'objective: the one-sample ELBO for all {config["num_epoch"]} epochs (the IWAE bound would start at '
+              f'epoch {config["iwae_start_epoch"]}, iwae_start_epoch)', flush=True)
     epoch_losses = []
     for phase in phases:
         if len(phases) > 1 and phase is config:
             print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
                   f'{config["iwae_start_epoch"]} (the one-sample ELBO before it)', flush=True)
-        epoch_losses += train_phase(phase, config, data, cluster, server, steps_per_epoch, final=phase is config)
+        epoch_losses += train_phase(phase, config, data, cluster, server, steps_per_epoch,
+                                    final=phase is phases[-1])
     return epoch_losses
 
 

@@ -91,6 +91,10 @@ def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_
     assert re.findall(r'^epoch +(\d+)', printed, re.M) == ['3'] and 'step 30)' in printed
     assert utils.latest_checkpoint(tiny_config(run))[1] == 40
 
+    built.clear()  # a run that ends before the switch is all ELBO, and says so
+    vae.train(tiny_config(tmp_path / 'short', *args, '--num_epoch', '2'), data)
+    assert built == [('elbo', 1, 2)] and 'the one-sample ELBO for all 2 epochs' in capsys.readouterr().out
+
 
 @pytest.mark.parametrize('likelihood', [BERNOULLI, ['--likelihood', 'gaussian']])
 def test_iwae_objective_with_one_sample_is_the_elbo_loss_and_tighter_with_more(tmp_path, likelihood, mnist):
