@@ -708,15 +708,14 @@ def train(config, data, cluster=None):
         if len(phases) > 1 and phase is config:
             print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
                   f'{config["iwae_start_epoch"]} (the one-sample ELBO before it)', flush=True)
-        epoch_losses += train_phase(phase, config, data, cluster, server, steps_per_epoch,
+        epoch_losses += train_phase(phase, config, data, cluster, server, chief, steps_per_epoch,
                                     final=phase is phases[-1])
     return epoch_losses
 
 
-def train_phase(phase, config, data, cluster, server, steps_per_epoch, final):
+def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, final):
     """train's graph, session and loop for one of training_phases (config.json records config, the whole run);
     a phase that is not the last and has ended returns at once."""
-    chief = cluster is None or config['task'] == 0
     graph = tf.Graph()
     with graph.as_default(), deploy.variable_placement(phase, cluster):
         model = build_training_graph(phase, steps_per_epoch, cluster=cluster)

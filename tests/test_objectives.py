@@ -95,6 +95,13 @@ def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_
     vae.train(tiny_config(tmp_path / 'short', *args, '--num_epoch', '2'), data)
     assert built == [('elbo', 1, 2)] and 'the one-sample ELBO for all 2 epochs' in capsys.readouterr().out
 
+    # A cluster cannot switch graphs together: refused before anything is built or written.
+    cluster = {'ps': ['127.0.0.1:1'], 'worker': ['127.0.0.1:2', '127.0.0.1:3']}
+    monkeypatch.setattr(vae.deploy, 'start_server', lambda *_: pytest.fail('the cluster was started'))
+    with pytest.raises(utils.UserError, match='needs one process.*--objective elbo --num_epoch 2'):
+        vae.train(tiny_config(tmp_path / 'cluster', *args, '--num_epoch', '3'), data, cluster)
+    assert not (tmp_path / 'cluster').exists()
+
 
 @pytest.mark.parametrize('likelihood', [BERNOULLI, ['--likelihood', 'gaussian']])
 def test_iwae_objective_with_one_sample_is_the_elbo_loss_and_tighter_with_more(tmp_path, likelihood, mnist):
