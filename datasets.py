@@ -154,11 +154,17 @@ def celeba_split(config, split):
     if not present:
         raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
     partition = config['partition_file'] or os.path.join(folder, 'list_eval_partition.txt')
-    if os.path.exists(partition):
-        with open(partition) as f:
-            rows = [line.split() for line in f if line.strip()]
+    if os.path.lexists(partition):
+        rows = [line.split() for line in utils.read_text(partition, 'CelebA partition file').splitlines()
+                if line.strip()]
         if any(len(row) != 2 or row[1] not in PARTITION_CODES.values() for row in rows):
             raise UserError(f'{partition} is not a CelebA partition file (lines "000001.jpg 0"); fix or remove it')
+        seen = {}
+        for name, code in rows:  # an image listed twice, or in two splits, would be tested on what it trained on
+            if name in seen:
+                raise UserError(f'{partition} lists {name} twice (splits {seen[name]} and {code}); list each image '
+                                'once, in one split')
+            seen[name] = code
         wanted = sorted(name for name, code in rows if code == PARTITION_CODES[split])
         source = partition
     else:
@@ -265,19 +271,27 @@ def load_dataset(config, training=True):
 
 
 def load_celeba_cache(config, paths, chunk=2048):
-    """The uint8 crops of paths from the cache, built first (with a progress bar) when it does not exist."""
+    """The uint8 crops of paths from the cache, built first (with a progress bar) when it does not exist; a cache
+    that does not read back as those crops (damaged, truncated) is a warning and is built again."""
     path = celeba_cache_path(config, 'train', paths)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        shape = (len(paths), config['image_height'], config['image_width'], config['image_channels'])
-        crops = np.empty(shape, np.uint8)
-        with tqdm(total=len(paths), unit='image', desc=f'building {path}') as bar:
-            for start in range(0, len(paths), chunk):
-                crops[start:start + chunk] = decode_celeba_files(paths[start:start + chunk], config)
-                bar.update(len(paths[start:start + chunk]))
-        utils.write_atomically(path, lambda f: np.save(f, crops))
-        return crops
-    return np.load(path)
+    shape = (len(paths), config['image_height'], config['image_width'], config['image_channels'])
+    if os.path.exists(path):
+        try:
+            crops = np.load(path)
+            if crops.shape == shape and crops.dtype == np.uint8:
+                return crops
+            problem = f'holds {crops.dtype} {crops.shape}, not uint8 {shape}'
+        except (OSError, ValueError, EOFError) as error:
+            problem = str(error) or type(error).__name__
+        print(f'warning: the cache {path} {problem}; building it again')
+    utils.make_folder(os.path.dirname(path) or '.', 'celebA_cache_directory')
+    crops = np.empty(shape, np.uint8)
+    with tqdm(total=len(paths), unit='image', desc=f'building {path}') as bar:
+        for start in range(0, len(paths), chunk):
+            crops[start:start + chunk] = decode_celeba_files(paths[start:start + chunk], config)
+            bar.update(len(paths[start:start + chunk]))
+    utils.write_atomically(path, lambda f: np.save(f, crops))
+    return crops
 
 
 def decode_celeba(contents, config):

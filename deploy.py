@@ -7,8 +7,6 @@ so that vae.train runs the same loop in either (a TrainingSession).
 """
 import collections
 import contextlib
-import json
-import os
 import random
 import socket
 import threading
@@ -152,42 +150,11 @@ def free_ports(count, rng=random.SystemRandom()):
 
 
 def cluster_from_config(config):
-    """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process.
-
-    TF_CONFIG (the standard {"cluster": {...}, "task": {"type": ..., "index": ...}} variable), when set, gives the
-    cluster and this process's job and task, and overrides those config keys; otherwise ps_hosts and worker_hosts
-    do, and must list num_ps_tasks and worker_replicas addresses.
-    """
-    if os.environ.get('TF_CONFIG'):
-        try:
-            tf_config = json.loads(os.environ['TF_CONFIG'])
-            cluster = {job: list(tf_config['cluster'].get(job, [])) for job in ('ps', 'worker')}
-            config['job_name'], config['task'] = tf_config['task']['type'], int(tf_config['task']['index'])
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(f'TF_CONFIG is not a cluster ({type(error).__name__}: {error}); set it like '
-                            '{"cluster": {"ps": ["host:port"], "worker": ["host:port", ...]}, '
-                            '"task": {"type": "worker", "index": 0}}')
-        config['ps_hosts'], config['worker_hosts'] = cluster['ps'], cluster['worker']
-        config['num_ps_tasks'], config['worker_replicas'] = len(cluster['ps']), len(cluster['worker'])
-    if config['worker_replicas'] < 1 or config['num_ps_tasks'] < 0:
-        raise UserError(f'worker_replicas must be >= 1 and num_ps_tasks >= 0, got {config["worker_replicas"]} and '
-                        f'{config["num_ps_tasks"]}')
+    """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process. The keys were
+    resolved and checked with the rest of the configuration (utils.parse_command_line: TF_CONFIG, when set,
+    gives the cluster and this process's job and task)."""
     if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
         return None
-    if config['num_ps_tasks'] == 0:
-        raise UserError(f'worker_replicas={config["worker_replicas"]} share their variables through parameter '
-                        'servers; pass --num_ps_tasks 1 (or more) and their --ps_hosts')
-    for job, hosts, count in (('ps', 'ps_hosts', 'num_ps_tasks'), ('worker', 'worker_hosts', 'worker_replicas')):
-        if len(config[hosts]) != config[count]:
-            raise UserError(f'{count}={config[count]} but {hosts} lists {len(config[hosts])} addresses '
-                            f'({",".join(config[hosts]) or "none"}); pass --{hosts} host:port,... with one per '
-                            f'{job} task, or set TF_CONFIG')
-    if config['job_name'] not in ('ps', 'worker'):
-        raise UserError(f'job_name must be ps or worker, got {config["job_name"]!r}; fix --job_name or TF_CONFIG')
-    size = len(config[config['job_name'] + '_hosts'])
-    if not 0 <= config['task'] < size:
-        raise UserError(f'task {config["task"]} is not in the {size} {config["job_name"]} tasks of the cluster; '
-                        f'pass --task 0..{size - 1}')
     return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
 
 

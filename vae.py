@@ -130,14 +130,6 @@ def encoder(images, config, training):
         return z_mean, z_std
 
 
-def encoder_output_shape(config):
-    """Height, width and channels of the last encoder feature map (SAME padding rounds up)."""
-    height, width = config['image_height'], config['image_width']
-    for stride in config['encoder_strides']:
-        height, width = -(-height // stride), -(-width // stride)
-    return height, width, config['encoder_filters'][-1]
-
-
 def decoder(z, config, training):
     """p(x|z): dense -> BN -> ReLU -> reshape, then transposed conv blocks with decoder_strides, and the output
     head: 'dense_sigmoid' (MNIST: BN -> ReLU after the last transposed conv, then a dense layer to the pixels),
@@ -148,7 +140,7 @@ def decoder(z, config, training):
     """
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         k, stddev, epsilon = config['kernel_size'], config['init_stddev'], config['bn_epsilon']
-        start = encoder_output_shape(config)
+        start = utils.encoder_output_shape(config)
         units = int(np.prod(start))
         h = normalized_relu(lambda fold: dense(z, units, 'fc', stddev, fold), 'bn_fc', units, training, epsilon)
         h = tf.reshape(h, [-1, *start])
@@ -168,11 +160,6 @@ def decoder(z, config, training):
 def decoded_image(logits, config):
     """The decoder's output activation: sigmoid to [0, 1] or tanh to [-1, 1], the range of the data."""
     return tf.tanh(logits) if config['output_head'] == 'conv_tanh' else tf.sigmoid(logits)
-
-
-def pixel_range(config):
-    """(low, high) of the model's images: MNIST is scaled to [0, 1], CelebA to [-1, 1]."""
-    return (-1.0, 1.0) if config['output_head'] == 'conv_tanh' else (0.0, 1.0)
 
 
 def decoder_log_variance(config):
@@ -426,9 +413,12 @@ def build_training_graph(config, steps_per_epoch, feed_input=False, cluster=None
     with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
         step_after_update = tf.identity(global_step.read_value())
     kl_dimensions = tf.reduce_mean(kl_per_dimension(endpoints.z_mean, endpoints.z_std), axis=0)
-    summaries = tf1.summary.merge([tf1.summary.histogram('z_mean', endpoints.z_mean),
-                                   tf1.summary.histogram('z_std', endpoints.z_std),
-                                   tf1.summary.histogram('kl_per_dimension', kl_dimensions),
+    # A histogram op fails on NaN; zeros keep the step running to the loop's own check, which stops training
+    # before the summary is written.
+    finite_or_zero = lambda t: tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))
+    summaries = tf1.summary.merge([tf1.summary.histogram('z_mean', finite_or_zero(endpoints.z_mean)),
+                                   tf1.summary.histogram('z_std', finite_or_zero(endpoints.z_std)),
+                                   tf1.summary.histogram('kl_per_dimension', finite_or_zero(kl_dimensions)),
                                    *[tf1.summary.scalar(f'kl_dimension/{i:03d}', kl_dimensions[i])
                                      for i in range(config['z_dim'])],
                                    tf1.summary.scalar('loss', endpoints.loss),
@@ -456,7 +446,8 @@ def save_grids(sess, model, config, epoch, fixed_images, latents, writer):
     for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
                         ('gen_directory', generations)):
         path = os.path.join(utils.run_path(config, key), f'epoch_{epoch:04d}.png')
-        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}', value_range=pixel_range(config))
+        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}',
+                        value_range=utils.pixel_range(config))
         writer.add_summary(utils.png_summary(config[key], path), step)
     writer.flush()
 
@@ -497,21 +488,39 @@ def save_checkpoint(sess, model, config, name):
     error. TensorFlow writes under temporary names and renames the .index last, so the newer checkpoints on disk
     are whole whatever happens."""
     path = os.path.join(utils.run_path(config, 'model_directory'), name)
-    try:
-        return model.saver.save(sess, path, write_meta_graph=False)
+    if os.path.exists(path + '.index') and utils.checkpoint_problem(path):  # skipped at resume: kept aside
+        aside = utils.keep_aside(path)
+        print(f'warning: {path} does not read back; kept as {aside}.* and written again')
+    if os.path.exists(path + '.index'):
+        raise UserError(f'{path} exists already and is never replaced (another run\'s checkpoint in this folder?); '
+                        'move it away, or pass --fresh for a new run folder')
+    try:  # write_state=False: the newest checkpoint is found by its global step, not a state file
+        return model.saver.save(sess, path, write_meta_graph=False, write_state=False)
     except tf.errors.OpError as error:
         raise UserError(f'cannot write checkpoint {path} ({error.message.strip().splitlines()[0]}); free some space '
                         'or choose a writable --run_directory, then run again: training resumes from the newest '
                         'complete checkpoint') from None
 
 
-def save_epoch(sess, model, config, evaluation, epoch, writer):
-    """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO."""
+def save_epoch(sess, model, config, evaluation, epoch, writer, non_finite):
+    """After a saved epoch: checkpoint model_<epoch>, the image grids, and the test negative ELBO. A test ELBO that
+    is not finite (the decoder's variance or the weights out of float32's range) stops the run like a non-finite
+    loss (non_finite(what) is that error), and its checkpoint is not kept."""
+    def test_negative_elbo(scoring, inference):
+        return run_in_batches(scoring, inference.negative_elbo, inference.images, evaluation['test_images']).mean()
+    if evaluation['float32'] is None:  # scored before the checkpoint is written
+        test_nelbo = test_negative_elbo(sess, model.inference)
+        if not np.isfinite(test_nelbo):
+            raise non_finite(f'the test negative ELBO became {test_nelbo}')
     path = save_checkpoint(sess, model, config, f'model_{epoch}')
+    if evaluation['float32'] is not None:  # a mixed-precision run is scored in float32, from its checkpoint
+        test_nelbo = test_negative_elbo(*evaluation['float32'](path))
+        if not np.isfinite(test_nelbo):
+            for file in glob.glob(glob.escape(path) + '.*'):
+                os.remove(file)
+            raise non_finite(f'the test negative ELBO (float32) became {test_nelbo}')
     step = sess.run(model.global_step)
     save_grids(sess, model, config, epoch, evaluation['grid_images'], evaluation['latents'], writer)
-    scoring, inference = (sess, model.inference) if evaluation['float32'] is None else evaluation['float32'](path)
-    test_nelbo = run_in_batches(scoring, inference.negative_elbo, inference.images, evaluation['test_images']).mean()
     writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_negative_elbo_nats', simple_value=test_nelbo)]),
                        step)
     print(f'saved model_{epoch}; test negative ELBO {test_nelbo:.2f} nats (one sample per image)')
@@ -621,7 +630,8 @@ def training_loop(sess, model, config, data, role, stop_signal):
                     print(epoch_line(epoch, totals / steps_run, images_per_second, annealing if scheduled else None)
                           + role.label, flush=True)
                 if role.chief and saves_after(config, epoch):
-                    sess.raw(lambda s: save_epoch(s, model, config, evaluation, epoch, writer))
+                    sess.raw(lambda s: save_epoch(s, model, config, evaluation, epoch, writer,
+                                                  lambda what: non_finite_error(config, role, what, step)))
                 totals, steps_run = np.zeros(3), 0
                 start, bar = begin_epoch(epoch + 1, 0) if new_step < role.last_step else (start, bar)
             step = new_step
@@ -689,11 +699,12 @@ def train(config, data, cluster=None):
                         f'its graphs together); train the cluster with --objective elbo --num_epoch '
                         f'{config["iwae_start_epoch"]}, then again with --objective iwae --iwae_start_epoch 0')
     chief = cluster is None or config['task'] == 0
-    images_per_step = utils.images_per_update(config)
-    steps_per_epoch = len(data['train']) // images_per_step
+    steps_per_epoch = len(data['train']) // utils.images_per_update(config)
     if steps_per_epoch == 0:
-        raise UserError(f'{len(data["train"])} training images make no step of {images_per_step} images; '
-                        'lower --batch_size or train on more images')
+        raise UserError(f'{len(data["train"])} training images make no step of {utils.images_per_update(config)} '
+                        'images; lower --batch_size or train on more images')
+    if chief:
+        utils.check_epoch_length(config, steps_per_epoch)
     print(deploy.precision_line(config), flush=True)
     server = deploy.start_server(config, cluster) if cluster else None
     if chief:
@@ -704,16 +715,18 @@ def train(config, data, cluster=None):
         print(f'objective: the one-sample ELBO for all {config["num_epoch"]} epochs (the IWAE bound would start at '
               f'epoch {config["iwae_start_epoch"]}, iwae_start_epoch)', flush=True)
     epoch_losses = []
-    for phase in phases:
-        if len(phases) > 1 and phase is config:
-            print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
-                  f'{config["iwae_start_epoch"]} (the one-sample ELBO before it)', flush=True)
-        epoch_losses += train_phase(phase, config, data, cluster, server, chief, steps_per_epoch,
-                                    final=phase is phases[-1])
+    # One collection of SIGINT / SIGTERM for every phase: a signal between two phases is taken at the next step.
+    with stop_requests(enabled=chief) as stop_signal:
+        for phase in phases:
+            if len(phases) > 1 and phase is config:
+                print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
+                      f'{config["iwae_start_epoch"]} (the one-sample ELBO before it)', flush=True)
+            epoch_losses += train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, stop_signal,
+                                        final=phase is phases[-1])
     return epoch_losses
 
 
-def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, final):
+def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, stop_signal, final):
     """train's graph, session and loop for one of training_phases (config.json records config, the whole run);
     a phase that is not the last and has ended returns at once."""
     graph = tf.Graph()
@@ -722,7 +735,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, fi
     with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
         checkpoint = resume_point(phase) if chief else None
         session, role = session_and_role(phase, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
-        with session as sess, stop_requests(enabled=chief) as stop_signal:
+        with session as sess:
             step = int(sess.raw(lambda s: s.run(model.global_step)))
             if chief:
                 if step >= role.last_step and not final:
@@ -733,7 +746,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, fi
                     print(f'{config["run_directory"]} has trained all {config["num_epoch"]} epochs; raise '
                           '--num_epoch to go on, or pass --fresh to start a new run')
                     return []
-                utils.save_run_config(config)
+                utils.save_run_config(config, steps_per_epoch)
             epoch_losses, steps_here, step = training_loop(sess, model, phase, data, role, stop_signal)
     if cluster:
         print(f'worker {config["task"]}: ran {steps_here} steps; the run is at step {step} of {role.last_step}' +
@@ -744,10 +757,11 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, fi
 
 
 def resume_point(config):
-    """The checkpoint a training run resumes from (None: a fresh start), once the run folder's config.json has
-    been found to describe this config: the same model, and the same epochs in global steps."""
-    if utils.has_checkpoints(config['run_directory'], config):
-        utils.check_run_config(config, resuming=True)
+    """The checkpoint a training run resumes from (None: a fresh start). The resolved config is the run's own
+    (utils.parse_command_line) and its epoch length was checked (utils.check_epoch_length); a folder with a
+    config.json but no checkpoint must hold this run's."""
+    if not utils.has_checkpoints(config['run_directory'], config):
+        utils.check_run_config(config)
     return utils.latest_checkpoint(config)[0]
 
 
@@ -756,14 +770,7 @@ FLAGS = {'fresh': (None, 'start over in a new run folder (<run_directory>-2, -3,
 
 
 def main(argv):
-    config, options = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
-    if options['fresh'] and utils.has_checkpoints(config['run_directory'], config):
-        new_directory = utils.new_run_directory(config['run_directory'], config)
-        print(f'--fresh: {config["run_directory"]} holds an earlier run, kept as it is; training in {new_directory} '
-              f'(resume it with --run_directory {new_directory})')
-        config['run_directory'] = new_directory
-    elif options['fresh']:
-        print(f'--fresh: {config["run_directory"]} holds no checkpoints; training there')
+    config, _ = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True, training=True)
     cluster = deploy.cluster_from_config(config)
     if cluster and config['job_name'] == 'ps':
         deploy.serve_parameters(config, cluster)

@@ -2,13 +2,14 @@
 
     python vae_inference.py                  # reconstructions, samples and the GIF of the latest checkpoint
     python vae_inference.py --checkpoint 5   # the same for checkpoint model_5
-    python vae_inference.py --evaluate       # test-set metrics and the IWAE bound (k=1000) -> metrics.json
+    python vae_inference.py --evaluate       # test-set metrics and the IWAE bound (k=1000) -> evaluations/
     python vae_inference.py --evaluate --k 5000 --num_test 1000   # the standard k, on the first 1000 test images
     python vae_inference.py --interpolate --traverse --scatter --curves   # latent-space pictures
     python vae_inference.py --dataset MNIST_2d --manifold                 # the 2-D manifold of a z_dim 2 model
 
-Writes reconstructions.png (rows of test images, each followed by its reconstruction), generations.png
-(decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in epoch order).
+Writes reconstructions_model_<N>.png (rows of test images, each followed by its reconstruction),
+generations_model_<N>.png (decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in
+epoch order); --evaluate keeps each evaluation as its own record in evaluations/.
 """
 import glob
 import hashlib
@@ -47,18 +48,19 @@ ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j
 
 
 def restore(config, checkpoint=None):
-    """A session holding the inference graph with the weights of model_<checkpoint> (default: the latest)."""
+    """A session holding the inference graph with the weights of model_<checkpoint> (default: the newest, the one
+    with the most training steps, as for training), and its prefix."""
     model_directory = utils.run_path(config, 'model_directory')
     checkpoints = utils.list_checkpoints(model_directory)
     if not checkpoints:
         raise UserError(f'no checkpoint model_<epoch> in {model_directory}; train first with python vae.py '
                         '(same --dataset / --run_directory)')
+    utils.check_epoch_length(config)  # a model_<N> of another run is refused by name
     if checkpoint is None:
         checkpoint = max(checkpoints)
     if checkpoint not in checkpoints:
         raise UserError(f'no checkpoint model_{checkpoint} in {model_directory}; it has epochs '
                         f'{", ".join(map(str, checkpoints))}')
-    utils.check_run_config(config)
     problem = utils.checkpoint_problem(checkpoints[checkpoint])
     if problem:
         earlier = [str(epoch) for epoch in checkpoints if epoch != checkpoint]
@@ -72,7 +74,7 @@ def restore(config, checkpoint=None):
     graph.finalize()
     sess = tf1.Session(graph=graph, config=deploy.session_config(config))
     try:
-        utils.restore_checkpoint(sess, saver, checkpoints[checkpoint])
+        utils.restore_checkpoint(sess, saver, checkpoints[checkpoint], config)
     except UserError:
         sess.close()
         raise
@@ -105,19 +107,11 @@ def log_mean_exp(values, axis=0):
 
 
 def decodes_per_run(config, memory=None):
-    """How many decoder passes one session.run may make within `memory` bytes: each pass holds every decoder
-    layer's float32 output about three times (the layer, its batch norm, its ReLU) and a few image-sized
-    tensors (the tiled image, the decoded image, the squared error). 5,800 for MNIST, 170 for CelebA 64x64."""
-    height, width, channels = vae.encoder_output_shape(config)
-    floats = height * width * channels
-    for filters, stride in zip(config['decoder_filters'], config['decoder_strides']):
-        height, width = height * stride, width * stride
-        floats += height * width * filters
-    pixels = int(np.prod(utils.image_shape(config)))
-    return max(1, (memory or IWAE_MEMORY) // (4 * (3 * floats + 4 * pixels)))
+    """Decoder passes one session.run of the bound may make (utils.decodes_per_run within IWAE_MEMORY)."""
+    return utils.decodes_per_run(config, memory or IWAE_MEMORY)
 
 
-def importance_weighted_bound(sess, outputs, config, images, k, progress_path=None):
+def importance_weighted_bound(sess, outputs, config, images, k, progress_path=None, weights=''):
     """Per-image (ELBO estimate, IWAE bound) in nats from k importance samples each, in session.runs whose
     memory stays within IWAE_MEMORY whatever the image size. The encoder runs once per image and chunk of
     samples; each run's noise is seeded by its place (first image, first sample), so the numbers do not depend
@@ -125,19 +119,28 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
 
     With progress_path, the per-image results so far are saved there (atomically, every SAVE_SECONDS and on
     Ctrl-C / SIGTERM, which then exit with 128 + signal) and a later call with the same checkpoint, k and images
-    goes on from them. The progress bar shows the rate and the time left (in a log, a line a minute)."""
+    goes on from them: the file names the weights (their digest, `weights`), the images, k, the split and the
+    seeding, and progress of anything else is never used. A damaged file is a warning and a fresh start. The
+    progress bar shows the rate and the time left (in a log, a line a minute)."""
     decodes = decodes_per_run(config)
     images_per_run = max(1, min(len(images), decodes // k))
     samples_per_run = min(k, decodes)
-    identity = f'k={k} runs={images_per_run}x{samples_per_run} images={hashlib.sha1(images.tobytes()).hexdigest()}'
+    identity = (f'weights={weights} k={k} runs={images_per_run}x{samples_per_run} noise=stateless(first image, '
+                f'first sample) images={hashlib.sha1(images.tobytes()).hexdigest()}')
     elbo, iwae = np.zeros(len(images)), np.zeros(len(images))
     done = 0
-    if progress_path and os.path.exists(progress_path):
-        with np.load(progress_path) as saved:
-            if str(saved['identity']) == identity:
-                done = int(saved['done'])
-                elbo[:done], iwae[:done] = saved['elbo'][:done], saved['iwae'][:done]
-                print(f'going on from {progress_path}: {done} of {len(images)} images done')
+    if progress_path and os.path.lexists(progress_path):
+        try:
+            with np.load(progress_path) as saved:
+                if str(saved['identity']) == identity and 0 <= int(saved['done']) <= len(images) and \
+                        saved['elbo'].shape == saved['iwae'].shape == (len(images),):
+                    done = int(saved['done'])
+                    elbo[:done], iwae[:done] = saved['elbo'][:done], saved['iwae'][:done]
+                    print(f'going on from {progress_path}: {done} of {len(images)} images done')
+                else:
+                    print(f'warning: {progress_path} is the progress of another evaluation; starting afresh')
+        except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
+            print(f'warning: {progress_path} is damaged ({type(error).__name__}); starting afresh')
 
     def save_progress():
         if progress_path:
@@ -190,7 +193,7 @@ def bits_per_dim(nats, config):
     pixels in [0, 1], 7 for [-1, 1]. A density alone can go below zero and compares with nothing."""
     dimensions = int(np.prod(utils.image_shape(config)))
     if config['likelihood'] != 'bernoulli':
-        low, high = vae.pixel_range(config)
+        low, high = utils.pixel_range(config)
         nats = nats + dimensions * np.log(256 / (high - low))
     return nats / (dimensions * np.log(2))
 
@@ -205,15 +208,15 @@ def decoder_description(config):
     return 'bernoulli' + (' (fixed seeded binarisation of the test set)' if config['binarize'] else '')
 
 
-def evaluate(sess, outputs, config, images, k, progress_path=None):
+def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension). progress_path:
-    where the IWAE bound's progress is kept (importance_weighted_bound)."""
+    where the IWAE bound's progress is kept, for the weights of that digest (importance_weighted_bound)."""
     z_means, z_stds, reconstructions = vae.run_in_batches(
         sess, [outputs.z_mean, outputs.z_std, outputs.reconstruction], outputs.images, images)
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
     kl = kl_terms(z_means, z_stds).sum(axis=1)
-    elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k, progress_path)
-    low, high = vae.pixel_range(config)
+    elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k, progress_path, weights)
+    low, high = utils.pixel_range(config)
     peak = high - low  # PSNR's peak signal: 1 for MNIST in [0, 1], 2 for CelebA in [-1, 1]
     standard_error = lambda values: float(np.std(values) / np.sqrt(len(values)))
     return {
@@ -291,9 +294,12 @@ def manifold_grid(sess, outputs, side=MANIFOLD_SIDE):
 
 
 def principal_components(points, count=2):
+    """The points on their first `count` principal axes; axes the points do not span (one point, a 1-D latent)
+    are zero."""
     centred = points - points.mean(axis=0)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
-    return centred @ components[:count].T
+    projected = centred @ components[:count].T
+    return np.pad(projected, [(0, 0), (0, count - projected.shape[1])])
 
 
 def save_scatter(path, z_means, labels, title):
@@ -311,8 +317,10 @@ def save_scatter(path, z_means, labels, title):
     axes.set_xlabel('z1' if z_means.shape[1] == 2 else 'principal component 1')
     axes.set_ylabel('z2' if z_means.shape[1] == 2 else 'principal component 2')
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        utils.save_figure(path, figure)
+    finally:
+        plt.close(figure)
 
 
 def read_training_curves(log_directory):
@@ -344,41 +352,109 @@ def save_training_curves(path, curves, steps_per_epoch):
         axis.plot(steps / steps_per_epoch, values, linewidth=1)
         axis.set_title(tag.replace('_', ' '))
         axis.set_xlabel('epoch')
-        if tag != 'kl':
+        if tag != 'kl' and np.all(values > 0):
             axis.set_yscale('log')
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        utils.save_figure(path, figure)
+    finally:
+        plt.close(figure)
 
 
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- records and pictures
 
-def write_grid(config, name, images, rows, columns, title):
-    path = os.path.join(config['run_directory'], name)
-    utils.save_grid(path, images, rows, columns, title=title, value_range=vae.pixel_range(config))
+EVALUATIONS = 'evaluations'  # the run folder's evaluation records, one JSON file each
+
+
+def picture_path(config, name, epoch):
+    """<run>/<name>_model_<epoch>.png: a picture is named by the checkpoint it shows."""
+    return os.path.join(config['run_directory'], f'{name}_model_{epoch}.png')
+
+
+def write_grid(config, name, epoch, images, rows, columns, title):
+    path = picture_path(config, name, epoch)
+    utils.save_grid(path, images, rows, columns, title=title, value_range=utils.pixel_range(config))
     print(f'wrote {path}')
 
 
+def evaluation_path(config, epoch, weights, images, kind, **settings):
+    """<run>/evaluations/model_<N>-<kind>-<settings>-<count>images_<digest>-weights_<digest>.json: an evaluation
+    is keyed by the checkpoint, the digest of its weights, what was computed and the image set, so no evaluation
+    replaces another, and the same one is found again."""
+    parts = [f'model_{epoch}', kind, *(f'{key}{value}' for key, value in settings.items()),
+             f'{len(images)}images_{hashlib.sha1(images.tobytes()).hexdigest()[:10]}', f'weights_{weights[:10]}']
+    return os.path.join(config['run_directory'], EVALUATIONS, '-'.join(parts) + '.json')
+
+
+def evaluation_records(run_directory):
+    """{path: record} of every evaluation kept in a run folder (the unreadable ones skipped with a warning)."""
+    records = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(str(run_directory)), EVALUATIONS, '*.json'))):
+        try:
+            records[path] = json.loads(utils.read_text(path, 'evaluation record'))
+        except (UserError, ValueError) as error:
+            print(f'warning: skipping {path} ({error})')
+    return records
+
+
+def write_record(path, record):
+    """An evaluation record, only when every number is finite (JSON has no NaN; a NaN metric is a broken model)."""
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False)
+    except ValueError:
+        broken = [key for key, value in record.items() if isinstance(value, float) and not np.isfinite(value)]
+        raise UserError(f'the metrics {", ".join(broken)} are not finite: this checkpoint does not score; '
+                        f'nothing was written') from None
+    utils.write_atomically(path, lambda f: f.write(text), 'w')
+    print(f'wrote {path}')
+
+
+def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
+    """The IWAE evaluation of model_<epoch> as its own record; an evaluation already kept is printed, not redone."""
+    weights = utils.checkpoint_digest(prefix)
+    path = evaluation_path(config, epoch, weights, test_images, 'iwae', k=k)
+    if os.path.exists(path):
+        print_metrics(json.loads(utils.read_text(path, 'evaluation record')))
+        print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
+        return
+    progress = path[:-len('.json')] + '.progress.npz'
+    metrics = evaluate(sess, outputs, config, test_images, k, progress, weights)
+    print_metrics(metrics)
+    write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights,
+                        'test_images_sha1': hashlib.sha1(test_images.tobytes()).hexdigest(),
+                        'test_seed': config['test_seed'], **metrics})
+    try:
+        os.remove(progress)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        print(f'warning: could not remove {progress} ({error.strerror}); it is not used again, delete it')
+
+
 def write_curves(config):
-    """training_curves.png from the run's TensorBoard logs (no checkpoint needed)."""
+    """training_curves.png from the run's TensorBoard logs (no checkpoint needed), on an axis of epochs."""
     curves = read_training_curves(utils.run_path(config, 'log_directory'))
     if 'loss' not in curves:
         raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
                         'train first with python vae.py')
-    data = datasets.load_dataset(config, training=False)
+    steps_per_epoch = config.get('steps_per_epoch')
+    if steps_per_epoch is None:  # a run folder from before config.json recorded it
+        steps_per_epoch = len(datasets.load_dataset(config, training=False)['train']) // \
+            utils.images_per_update(config)
     path = os.path.join(config['run_directory'], 'training_curves.png')
-    save_training_curves(path, curves, len(data['train']) // config['batch_size'])
+    save_training_curves(path, curves, steps_per_epoch)
     print(f'wrote {path}')
 
 
 def write_samples(sess, outputs, config, test_images, epoch):
-    """reconstructions.png and generations.png: what a run looks like at this checkpoint."""
+    """reconstructions_model_<N>.png and generations_model_<N>.png: what a run looks like at this checkpoint."""
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
-    write_grid(config, 'reconstructions.png', pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
+    write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
                f'epoch {epoch}: test / reconstruction')
     samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
-    write_grid(config, 'generations.png', samples, GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of N(0, I)')
+    write_grid(config, 'generations', epoch, samples, GRID_COLUMNS, GRID_COLUMNS,
+               f'epoch {epoch}: samples of N(0, I)')
 
 
 def write_gif(config):
@@ -387,26 +463,37 @@ def write_gif(config):
     if frames:
         path = os.path.join(config['run_directory'], 'generations.gif')
         utils.save_gif(path, [frame for _, frame in frames])
-        print(f'wrote {path} ({len(frames)} frames, epochs {frames[0][0]} to {frames[-1][0]})')
+        print(f'wrote {path} ({len(frames)} frame{"s" if len(frames) > 1 else ""}, epochs {frames[0][0]} to '
+              f'{frames[-1][0]})')
     else:
         print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
 
 
-def write_projector(config, z_means, images, labels):
-    """TensorBoard's projector in the run's log folder: the posterior means (projector_means.tsv), their labels
-    (projector_labels.tsv, MNIST) and a sprite of the images (projector_sprite.png), named by
-    projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
+def write_projector(config, epoch, z_means, images, labels):
+    """TensorBoard's projector in the run's log folder: model_<N>'s test posterior means
+    (projector_means_model_<N>.tsv), their labels (MNIST) and a sprite of the images, one embedding per
+    checkpoint in projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
     from google.protobuf import text_format
     from tensorboard.plugins import projector
     count = min(len(z_means), PROJECTOR_POINTS)
     height, width = images.shape[1:3]
     side = int(np.ceil(np.sqrt(count)))
     folder = utils.run_path(config, 'log_directory')
-    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, 'projector_config.pbtxt')
     projector_config = projector.ProjectorConfig()
+    if os.path.exists(path):  # the other checkpoints' embeddings stay
+        try:
+            text_format.Parse(utils.read_text(path, 'projector config'), projector_config)
+        except (UserError, text_format.ParseError) as error:
+            print(f'warning: {path} is damaged ({error}); writing it anew')
+            projector_config = projector.ProjectorConfig()
+    suffix = f'model_{epoch}'
+    kept = [e for e in projector_config.embeddings if e.tensor_path != f'projector_means_{suffix}.tsv']
+    del projector_config.embeddings[:]
+    projector_config.embeddings.extend(kept)
     embedding = projector_config.embeddings.add()
-    embedding.tensor_name = f'test posterior means ({count} images, z_dim {z_means.shape[1]})'
-    embedding.tensor_path = 'projector_means.tsv'
+    embedding.tensor_name = f'{suffix}: test posterior means ({count} images, z_dim {z_means.shape[1]})'
+    embedding.tensor_path = f'projector_means_{suffix}.tsv'
     utils.write_atomically(os.path.join(folder, embedding.tensor_path),
                            lambda f: np.savetxt(f, z_means[:count], fmt='%.6g', delimiter='\t'))
     if labels is not None:  # one column: no header line
@@ -415,11 +502,10 @@ def write_projector(config, z_means, images, labels):
                                lambda f: f.write(''.join(f'{label}\n' for label in labels[:count])), 'w')
     embedding.sprite.image_path = 'projector_sprite.png'
     embedding.sprite.single_image_dim.extend([width, height])
-    sprite = utils.image_grid(images[:count], side, side, vae.pixel_range(config))
+    sprite = utils.image_grid(images[:count], side, side, utils.pixel_range(config))
     utils.write_atomically(os.path.join(folder, embedding.sprite.image_path),
                            lambda f: iio.imwrite(f, sprite[..., 0] if sprite.shape[-1] == 1 else sprite,
                                                  extension='.png'))
-    path = os.path.join(folder, 'projector_config.pbtxt')
     text = text_format.MessageToString(projector_config)
     utils.write_atomically(path, lambda f: f.write(text), 'w')
     print(f'wrote {path} ({count} points{" with labels" if labels is not None else ""}); '
@@ -427,61 +513,54 @@ def write_projector(config, z_means, images, labels):
 
 
 def export_run(config, epoch, folder):
-    """A run folder at `folder` holding model_<epoch>'s weights alone (no Adam slots, no step: a few MB), the run's
-    config.json, its op-gen frames (generations.gif) and its TensorBoard logs (--curves): what vae_inference.py
-    needs to restore, evaluate and picture it anywhere. An existing checkpoint there is never overwritten."""
+    """A new run folder at `folder` holding model_<epoch>'s weights alone (no Adam slots, no step: a few MB), the
+    run's config.json, its op-gen frames (generations.gif) and its TensorBoard logs (--curves): what
+    vae_inference.py needs to restore, evaluate and picture it anywhere. Built beside `folder` and renamed into
+    place: all or nothing; `folder` must be new or empty."""
     source = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
-    # The run's own config.json, training settings included (config holds only its RUN_KEYS, the rest is
-    # config.py's), so the copy says how the weights were trained.
-    exported = {**(utils.saved_run_config(config) or config), 'run_directory': folder}
-    if utils.has_checkpoints(folder, exported):
-        raise UserError(f'{folder} already holds checkpoints; choose an empty folder for --export')
-    utils.make_run_folders(exported)
-    graph = tf.Graph()
-    with graph.as_default():
-        vae.build_inference_graph(config)
-        saver = tf1.train.Saver()  # the model's variables only
-    with tf1.Session(graph=graph) as sess:
-        utils.restore_checkpoint(sess, saver, source)
-        saver.save(sess, os.path.join(utils.run_path(exported, 'model_directory'), f'model_{epoch}'),
-                   write_meta_graph=False)
-    utils.save_run_config(exported)
-    frames = utils.run_path(exported, 'gen_directory')
-    os.makedirs(frames, exist_ok=True)
-    for _, path in utils.epoch_frames(utils.run_path(config, 'gen_directory')):
-        shutil.copy(path, frames)
-    for path in glob.glob(os.path.join(utils.run_path(config, 'log_directory'), 'events.out.tfevents.*')):
-        shutil.copy(path, utils.run_path(exported, 'log_directory'))
+    # The run's own config.json, training settings and record included, so the copy says how it was trained.
+    record = {**(utils.saved_run_config(config) or utils.run_record(config, config.get('steps_per_epoch'))),
+              'run_directory': folder}
+
+    def build(temporary):
+        inside = {**config, 'run_directory': temporary}
+        utils.make_run_folders(inside)
+        graph = tf.Graph()
+        with graph.as_default():
+            vae.build_inference_graph(config)
+            saver = tf1.train.Saver()  # the model's variables only
+        with tf1.Session(graph=graph) as sess:
+            utils.restore_checkpoint(sess, saver, source, config)
+            saver.save(sess, os.path.join(utils.run_path(inside, 'model_directory'), f'model_{epoch}'),
+                       write_meta_graph=False, write_state=False)
+        utils.write_atomically(os.path.join(temporary, 'config.json'), lambda f: json.dump(record, f, indent=2),
+                               'w')
+        frames = utils.run_path(inside, 'gen_directory')
+        os.makedirs(frames, exist_ok=True)
+        for _, path in utils.epoch_frames(utils.run_path(config, 'gen_directory')):
+            shutil.copy(path, frames)
+        for path in glob.glob(os.path.join(glob.escape(utils.run_path(config, 'log_directory')),
+                                           'events.out.tfevents.*')):
+            shutil.copy(path, utils.run_path(inside, 'log_directory'))
+
+    utils.write_folder_atomically(folder, build)
     print(f'wrote {folder}: model_{epoch} (weights only), config.json, {config["gen_directory"]}/ and the '
           f'TensorBoard logs; restore it with python vae_inference.py --run_directory {folder}')
-
-
-def write_metrics(config, metrics):
-    """metrics.json, only when every number is finite (JSON has no NaN; a NaN metric is a broken model)."""
-    print_metrics(metrics)
-    path = os.path.join(config['run_directory'], 'metrics.json')
-    try:
-        text = json.dumps(metrics, indent=2, allow_nan=False)
-    except ValueError:
-        broken = [key for key, value in metrics.items() if isinstance(value, float) and not np.isfinite(value)]
-        raise UserError(f'the metrics {", ".join(broken)} are not finite: this checkpoint does not score; '
-                        f'{path} was left as it was') from None
-    utils.write_atomically(path, lambda f: f.write(text), 'w')
-    print(f'wrote {path}')
 
 
 # vae_inference.py's own command-line flags (every config key is one too, the run folder's config.json giving the
 # model's): {name: (default, meaning)}, None for a switch.
 FLAGS = {
     'checkpoint': (-1, 'epoch of the model_<epoch> checkpoint to use; -1 = the newest'),
-    'evaluate': (None, 'test-set metrics and the importance-weighted bound -> metrics.json; interrupted, it goes on '
-                       'where it stopped when run again'),
+    'evaluate': (None, 'test-set metrics and the importance-weighted bound -> a record in evaluations/ (one per '
+                       'checkpoint, weights, k and image set); interrupted, it goes on where it stopped when run '
+                       'again'),
     'k': (1000, 'importance samples per test image for --evaluate (the literature protocol: 5000)'),
     'num_test': (0, 'use the first this many test images (0 = all)'),
-    'interpolate': (None, 'interpolation.png: decodes along lines between pairs of test posterior means'),
-    'traverse': (None, 'traversal.png: the 8 latent dimensions with the largest KL, each over [-3, 3]'),
-    'manifold': (None, 'manifold.png: the 2-D latent manifold (a z_dim 2 model, e.g. --dataset MNIST_2d)'),
-    'scatter': (None, 'latent_scatter.png: test posterior means on their first two principal components'),
+    'interpolate': (None, 'interpolation_model_<N>.png: decodes along lines between pairs of test posterior means'),
+    'traverse': (None, 'traversal_model_<N>.png: the 8 latent dimensions with the largest KL, each over [-3, 3]'),
+    'manifold': (None, 'manifold_model_<N>.png: the 2-D latent manifold (a z_dim 2 model, e.g. --dataset MNIST_2d)'),
+    'scatter': (None, 'latent_scatter_model_<N>.png: test posterior means on their first two principal components'),
     'curves': (None, 'training_curves.png from the TensorBoard logs'),
     'projector': (None, "TensorBoard's projector of the test posterior means, with labels and a sprite of the "
                         'images, in the log folder'),
@@ -510,6 +589,7 @@ def main(argv):
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
+    prefix = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
     if options['export']:
         sess.close()
         return export_run(config, epoch, options['export'])
@@ -521,31 +601,27 @@ def main(argv):
         if not pictures:
             write_samples(sess, outputs, config, test_images, epoch)
         if options['evaluate']:
-            progress = os.path.join(config['run_directory'], f'iwae_progress_model_{epoch}_k{options["k"]}.npz')
-            write_metrics(config, {'checkpoint': f'model_{epoch}',
-                                   **evaluate(sess, outputs, config, test_images, options['k'], progress)})
-            if os.path.exists(progress):
-                os.remove(progress)
+            write_evaluation(sess, outputs, config, epoch, prefix, test_images, options['k'])
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
-            write_grid(config, 'interpolation.png', interpolation_grid(sess, outputs, test_images, rows), rows,
+            write_grid(config, 'interpolation', epoch, interpolation_grid(sess, outputs, test_images, rows), rows,
                        GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
         if options['traverse']:
             kl = kl_per_dimension(sess, outputs, test_images[:1000])
             dimensions = np.argsort(-kl)[:TRAVERSE_DIMENSIONS]
-            write_grid(config, 'traversal.png', traversal_grid(sess, outputs, test_images, dimensions),
+            write_grid(config, 'traversal', epoch, traversal_grid(sess, outputs, test_images, dimensions),
                        len(dimensions), TRAVERSE_STEPS,
                        f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
         if options['manifold']:
-            write_grid(config, 'manifold.png', manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
+            write_grid(config, 'manifold', epoch, manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
                        f'epoch {epoch}: 2-D latent manifold')
         if options['projector'] or options['scatter']:  # both show the test posterior means: encode them once
             z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
         if options['projector']:
-            write_projector(config, z_means, data['test_images'][:len(test_images)], labels)
+            write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels)
         if options['scatter']:
-            path = os.path.join(config['run_directory'], 'latent_scatter.png')
+            path = picture_path(config, 'latent_scatter', epoch)
             save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')
             print(f'wrote {path}')
     if not pictures:

@@ -38,3 +38,17 @@ def run_script(script, *args):
     """Run vae.py or vae_inference.py from the repo root; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
+
+
+def evaluation_record(run_directory):
+    """The one evaluation record vae_inference.py --evaluate kept in a run folder."""
+    import vae_inference
+    records = list(vae_inference.evaluation_records(run_directory).values())
+    assert len(records) == 1, records
+    return records[0]
+
+
+def config_keys(config):
+    """A resolved config without what it records beside the keys (the preset, the steps an epoch, the changes)."""
+    import utils
+    return {key: value for key, value in config.items() if key not in utils.RECORD_KEYS}

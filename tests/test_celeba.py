@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 import datasets
 import utils
-from conftest import ROOT, run_script
+from conftest import ROOT, evaluation_record, run_script
 
 # Reduced widths: the CelebA layer structure (5x5 kernels, strides 2,2,2,1, conv + tanh head) in a few seconds.
 SMALL = ['--encoder_filters', '8,8,8,8', '--decoder_filters', '8,8,8,3', '--z_dim', '8', '--batch_size', '8',
@@ -219,7 +219,7 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     assert np.abs(real[:128, :128].astype(float) - upscaled).mean() < 2  # [-1, 1] mapped back to [0, 255]
     result = run_script('vae_inference.py', *args, '--evaluate', '--k', '5')
     assert result.returncode == 0, result.stderr
-    metrics = json.load(open(run / 'metrics.json'))
+    metrics = evaluation_record(run)
     assert metrics['test_images'] == 5 and metrics['iwae_k'] == 5 and metrics['checkpoint'] == 'model_1'
     assert metrics['decoder'].startswith('gaussian, fixed variance')
     # The same bound on the same 5 test images and checkpoint, by training's one-sample estimate at its last save.
@@ -230,7 +230,7 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     # (config.py's batch_size 128 is more than the 30 training images, and inference does not care).
     result = run_script('vae_inference.py', '--run_directory', run)
     assert result.returncode == 0, result.stderr
-    with Image.open(run / 'generations.png') as image:
+    with Image.open(run / 'generations_model_1.png') as image:
         assert image.size == (10 * 64 * 2, 10 * 64 * 2 + 16)
     with Image.open(run / 'generations.gif') as gif:
         assert gif.n_frames == 2
@@ -255,7 +255,7 @@ def test_evaluating_the_full_size_face_model_stays_within_bounded_memory(celeba,
     result = subprocess.run([sys.executable, '-c', measure, os.path.join(ROOT, 'vae_inference.py'), *map(str, args),
                              '--evaluate', '--k', '400'], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    metrics = json.load(open(run / 'metrics.json'))
+    metrics = evaluation_record(run)
     assert metrics['test_images'] == 4 and metrics['iwae_k'] == 400
     assert np.isfinite(metrics['negative_iwae_nats']) and metrics['negative_iwae_nats'] <= metrics['negative_elbo_nats']
     peak_gib = int(result.stdout.split('peak_kib')[-1]) / 2 ** 20

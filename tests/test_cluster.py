@@ -193,7 +193,7 @@ def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
     (None, ['--num_ps_tasks', '1', '--ps_hosts', 'a:1', '--worker_hosts', 'b:2', '--task', '1'],
      'task 1 is not in the 1 worker tasks'),
     (None, ['--num_ps_tasks', '1', '--ps_hosts', 'a:1', '--worker_hosts', 'b:2', '--job_name', 'chief'],
-     'job_name must be ps or worker'),
+     'job_name must be one of worker, ps'),
 ])
 def test_a_wrong_cluster_is_refused_with_the_fix(monkeypatch, tf_config, extra, message):
     with pytest.raises(utils.UserError, match=message):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +115,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(trained):
     assert 'warning: skipping unreadable checkpoint' in result.stdout and 'model_1' in result.stdout
     assert 'model_0 (step 10)' in result.stdout  # resumed from the previous checkpoint
     assert int(tf.train.load_variable(str(trained / 'models' / 'model_2'), 'global_step')) == 30
+    assert (trained / 'models' / 'model_1-unreadable.index').exists()  # the damaged one, kept aside, not lost
 
 
 def test_an_existing_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
@@ -124,14 +126,32 @@ def test_an_existing_folder_that_cannot_be_written_is_refused_before_training(tm
     assert_refused(result, 'cannot write in /sys/.')
 
 
+def run_with_file_size_limit(limit, script, *args):
+    """run_script with every file this process writes cut at `limit` bytes (RLIMIT_FSIZE; Python ignores
+    SIGXFSZ, so a write past it fails with EFBIG as a full disk fails with ENOSPC)."""
+    limited = ('import resource, runpy, sys\n'
+               f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n'
+               'sys.argv = sys.argv[1:]\n'
+               'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+    return subprocess.run([sys.executable, '-c', limited, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_a_full_disk_leaves_every_earlier_file_as_it_was(trained):
+    assert run_script('vae_inference.py', *BASE, '--run_directory', trained).returncode == 0
     assert run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--k', '5',
                       '--num_test', '20').returncode == 0
     before = snapshot(trained)
-    os.symlink('/dev/full', trained / 'metrics.json.part')  # the next metrics.json write meets a full disk
-    result = run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--k', '5',
-                        '--num_test', '20')
-    assert_refused(result, 'metrics.json (No space left on device)', trained, before)
+    for args, written in ((['--evaluate', '--k', '6', '--num_test', '20'], 'evaluations'),
+                          (['--scatter', '--checkpoint', '1'], 'latent_scatter_model_1.png'),
+                          (['--curves'], 'training_curves.png'),
+                          ([], 'reconstructions_model_1.png')):  # the pictures a first command wrote
+        if args == ['--curves']:
+            assert run_script('vae_inference.py', *BASE, '--run_directory', trained, *args).returncode == 0
+            before = snapshot(trained)
+        result = run_with_file_size_limit(100, 'vae_inference.py', *BASE, '--run_directory', trained, *args)
+        assert_refused(result, '(File too large); free some space', trained, before)
+        assert written in result.stderr
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist, monkeypatch):
@@ -154,7 +174,15 @@ def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
                                    stderr=subprocess.PIPE, text=True)
     finally:
         signal.signal(signal.SIGINT, previous)
-    process.send_signal(signal.SIGINT)  # at once: TensorFlow is still loading
+    # Synchronised on the child: once TensorFlow's library is mapped, the script has passed the line that gives
+    # SIGINT its default action, and is loading TensorFlow (seconds; the whole start-up takes longer).
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        with open(f'/proc/{process.pid}/maps') as maps:
+            if 'libtensorflow' in maps.read():
+                break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode in (-signal.SIGINT, 130) and 'Traceback' not in stderr, stderr
     assert not os.path.exists(tmp_path / 'run' / 'models' / 'model_0.index')
@@ -163,13 +191,14 @@ def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
 def test_non_finite_metrics_are_not_written(tmp_path):
     config = tiny_config(tmp_path)
     os.makedirs(tmp_path, exist_ok=True)
+    path = str(tmp_path / 'evaluations' / 'record.json')
     with pytest.raises(utils.UserError, match='the metrics negative_elbo_nats are not finite'):
-        vae_inference.write_metrics(config, {'test_images': 10, 'decoder': 'gaussian', 'reconstruction_mse': 0.1,
+        vae_inference.write_record(path, {'test_images': 10, 'decoder': 'gaussian', 'reconstruction_mse': 0.1,
                                              'psnr_db': 10.0, 'kl_nats': 1.0, 'negative_elbo_nats': float('nan'),
                                              'negative_elbo_bits_per_dim': 1.0, 'iwae_k': 5,
                                              'negative_iwae_nats': 1.0, 'negative_iwae_nats_standard_error': 0.1,
                                              'negative_iwae_bits_per_dim': 1.0, 'active_units': 1, 'z_dim': 4})
-    assert not os.path.exists(tmp_path / 'metrics.json') and not os.path.exists(tmp_path / 'metrics.json.part')
+    assert not os.path.exists(tmp_path / 'evaluations')
 
 
 def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
@@ -190,7 +219,7 @@ def pristine(tmp_path_factory):
 
 
 @pytest.mark.parametrize('script, args, message', [
-    ('vae.py', ['--kl_weight', '0'], 'kl_weight 0 with likelihood gaussian'),                   # config
+    ('vae.py', ['--learning_rate', '-1'], 'learning_rate must be positive and finite'),       # config
     ('vae.py', ['--seed', '-1'], 'seed must be in [0, 2**32)'),
     ('vae.py', ['--data_directory', os.path.join(ROOT, 'README.md')], 'is a file, not a folder'),  # data
     ('vae.py', ['--z_dim', '8'], 'was trained with z_dim=4'),                                   # checkpoint

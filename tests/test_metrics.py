@@ -13,7 +13,7 @@ import datasets
 import utils
 import vae
 import vae_inference
-from conftest import TINY, run_script, subset, tiny_config
+from conftest import TINY, evaluation_record, run_script, subset, tiny_config
 
 tf1 = tf.compat.v1
 
@@ -77,7 +77,7 @@ def test_bits_per_dim_of_a_gaussian_decoder_is_the_probability_of_the_8_bit_pixe
     for dataset, offset in (('MNIST', 8), ('celebA', 7)):
         config, _ = utils.parse_command_line(['--dataset', dataset])
         shape = utils.image_shape(config)
-        low, high = vae.pixel_range(config)
+        low, high = utils.pixel_range(config)
         width = (high - low) / 256
         images = (low + width * (rng.randint(0, 256, size=[2] + shape) + 0.5)).astype(np.float32)  # bin centres
         logits = rng.normal(scale=0.5, size=[2] + shape).astype(np.float32)
@@ -152,7 +152,7 @@ def test_evaluation_and_pictures_end_to_end(tmp_path):
                         '--num_test', '300', '--interpolate', '--traverse', '--manifold', '--scatter', '--curves')
     assert result.returncode == 0, result.stderr
     assert 'negative IWAE bound, k=50' in result.stdout
-    metrics = json.load(open(run / 'metrics.json'))
+    metrics = evaluation_record(run)
     assert metrics['test_images'] == 300 and metrics['iwae_k'] == 50 and metrics['checkpoint'] == 'model_1'
     assert metrics['negative_iwae_nats'] <= metrics['negative_elbo_nats']
     assert 0 < metrics['negative_iwae_nats_standard_error'] < 10
@@ -160,10 +160,10 @@ def test_evaluation_and_pictures_end_to_end(tmp_path):
     assert 0 <= metrics['active_units'] <= 2 and metrics['kl_nats'] > 0
     assert metrics['decoder'].startswith('gaussian, fixed variance')
     side = 28 * 2
-    assert png_size(run / 'interpolation.png') == (12 * side, 8 * side + 16)
-    assert png_size(run / 'traversal.png') == (11 * side, 2 * side + 16)  # z_dim 2: both dimensions
-    assert png_size(run / 'manifold.png') == (20 * side, 20 * side + 16)
-    assert png_size(run / 'latent_scatter.png') == (600, 550)
+    assert png_size(run / 'interpolation_model_1.png') == (12 * side, 8 * side + 16)
+    assert png_size(run / 'traversal_model_1.png') == (11 * side, 2 * side + 16)  # z_dim 2: both dimensions
+    assert png_size(run / 'manifold_model_1.png') == (20 * side, 20 * side + 16)
+    assert png_size(run / 'latent_scatter_model_1.png') == (600, 550)
     assert png_size(run / 'training_curves.png')[0] >= 1200  # loss, reconstruction, KL and test ELBO panels
 
 
@@ -174,6 +174,6 @@ def test_evaluating_with_the_wrong_likelihood_or_manifold_on_a_wide_latent_fails
                         'bernoulli')
     assert result.returncode == 1
     assert 'trained with likelihood=gaussian but --likelihood says bernoulli' in result.stderr
-    result = run_script('vae_inference.py', *TINY, '--run_directory', run, '--manifold')
-    assert result.returncode == 1 and '--manifold needs a model with z_dim 2, this one has 4' in result.stderr
-    assert not os.path.exists(run / 'metrics.json')
+    result = run_script('vae_inference.py', *TINY, '--run_directory', run, '--manifold')  # TINY's z_dim is 4
+    assert result.returncode == 1 and 'was trained with z_dim=2 but --z_dim says 4' in result.stderr
+    assert not os.path.exists(run / 'evaluations')

@@ -15,7 +15,7 @@ tf1 = tf.compat.v1
 
 def test_layer_shapes_of_the_mnist_model():
     config, _ = utils.parse_command_line([])  # the shipped MNIST config, full size
-    assert vae.encoder_output_shape(config) == (4, 4, 64)
+    assert utils.encoder_output_shape(config) == (4, 4, 64)
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, 28, 28, 1])
