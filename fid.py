@@ -340,7 +340,8 @@ def inception_input(images):
 
 
 def pool3_features(images, weights):
-    """The 2048 pool_3 features of each image (float32 NHWC in [0, 255], any size, 1 or 3 channels)."""
+    """The 2048 pool_3 features of each image (float32 NHWC in [0, 255], any size, 1 or 3 channels). It adds the
+    87 MB of weights to the graph as constants: build it once per graph and feed it batches."""
     with tf1.name_scope('inception_v3'):
         x = inception_input(images)
         for name in ('conv', 'conv_1', 'conv_2'):
