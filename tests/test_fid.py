@@ -199,6 +199,24 @@ def test_grey_images_are_rgb_and_the_graph_takes_any_size(weights, reference, tf
     one_line_error(lambda: extract(grey / 255.0 - 1), 'pixels must be in [0, 255]')
 
 
+def test_the_input_is_resized_like_tensorflow_1_and_scaled_to_minus_one_one():
+    """Source pixel = output pixel * in / out (no half-pixel centres), the last row and column clamped; grey is
+    repeated to RGB; then (x - 128) / 128. A 2x2 image makes every weight visible."""
+    images = np.array([[[0.0], [100.0]], [[200.0], [255.0]]])[None]
+    with fid.tf.Graph().as_default(), fid.tf1.Session() as session:
+        grey = fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 1])
+        rgb = fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 3])
+        from_grey, from_rgb = session.run([fid.inception_input(grey), fid.inception_input(rgb)],
+                                          {grey: images, rgb: np.repeat(images, 3, -1)})
+    source = np.minimum(np.arange(299) * 2 / 299, 1)  # 0 .. 1.99 clamped to the last pixel
+    column = lambda row: images[0, row, 0, 0] * (1 - source) + images[0, row, 1, 0] * source  # noqa: E731
+    expected = column(0)[None, :] * (1 - source)[:, None] + column(1)[None, :] * source[:, None]
+    np.testing.assert_allclose(from_grey[0, ..., 1], (expected - 128) / 128, atol=1e-5)
+    np.testing.assert_array_equal(from_grey, from_rgb)
+    with fid.tf.Graph().as_default(), pytest.raises(UserError, match='got 2 channels'):
+        fid.inception_input(fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 2]))
+
+
 # ---------------------------------------------------------------- the distance
 
 def test_fid_of_gaussians_matches_the_closed_form():
