@@ -29,6 +29,8 @@ config_mnist = {
     # run folder
     'run_directory': 'MNIST', 'model_directory': 'models', 'log_directory': 'logs', 'real_directory': 'op-real',
     'recons_directory': 'op-recons', 'gen_directory': 'op-gen',
+    # sample quality (vae_inference.py --fid)
+    'fid_cache_directory': '.cache/fid',
 }
 
 # The literature's protocol (Burda et al. 2015): Bernoulli decoder, dynamically binarised MNIST, test -log p(x)
@@ -155,5 +157,9 @@ descriptions = {
         'real_directory': '5x5 grids of the fixed test images, one per saved epoch',
         'recons_directory': '5x5 grids of their reconstructions',
         'gen_directory': '5x5 grids decoded from 25 fixed prior samples (the frames of the GIF)',
+    },
+    'sample quality': {
+        'fid_cache_directory': "vae_inference.py --fid: the Inception weights (downloaded once, SHA-1 checked) and "
+                               "the test sets' feature statistics",
     },
 }

@@ -231,7 +231,7 @@ def local_session(config, graph, model, checkpoint):
     graph.finalize()  # a training loop that adds ops would leak memory every step: forbid it
     with tf1.Session(graph=graph, config=session_config(config, training=True)) as sess:
         if checkpoint:
-            utils.restore_checkpoint(sess, model.saver, checkpoint)
+            utils.restore_checkpoint(sess, model.saver, checkpoint, config)
         else:
             sess.run(model.init)
         yield TrainingSession(sess.run, lambda fn: fn(sess), lambda: False)

@@ -81,7 +81,7 @@ KEY_TYPES = {
     'num_clones': int, 'clone_on_cpu': bool, 'worker_replicas': int, 'num_ps_tasks': int, 'job_name': str,
     'task': int, 'ps_hosts': [str], 'worker_hosts': [str], 'sync_replicas': bool,
     'run_directory': str, 'model_directory': str, 'log_directory': str, 'real_directory': str,
-    'recons_directory': str, 'gen_directory': str,
+    'recons_directory': str, 'gen_directory': str, 'fid_cache_directory': str,
 }
 CHOICES = {'dataset': ('MNIST', 'celebA'), 'likelihood': ('gaussian', 'gaussian_learned', 'bernoulli'),
            'decoder_variance': ('pixel', 'global'), 'output_head': ('dense_sigmoid', 'conv_sigmoid', 'conv_tanh'),
@@ -122,6 +122,7 @@ PROCESS_KEYS = ('num_threads', 'num_clones', 'clone_on_cpu', 'worker_replicas', 
                 'ps_hosts', 'worker_hosts', 'sync_replicas', 'run_directory')
 # Where things are (the data, the caches, the test subset): a flag moves them for this command, unrecorded.
 LOCATION_KEYS = ('data_directory', 'partition_file', 'celebA_cache', 'celebA_cache_directory', 'num_test_images',
+                 'fid_cache_directory',
                  'model_directory', 'log_directory', 'real_directory', 'recons_directory', 'gen_directory')
 # Everything else is how the run trains (learning rate, schedules, objective, seed, ...): a flag that changes one
 # on resume is applied from the resumed epoch on, printed, and recorded in config.json's 'changes'.
@@ -196,8 +197,8 @@ def _parse_value(key, text, default):
         return kind(text)
 
     try:
-        if isinstance(kind, list):
-            return [convert(item, kind[0]) for item in text.split(',') if item != '']
+        if isinstance(kind, list):  # '' is the empty list; an empty item (4,,8) is a typo
+            return [convert(item, kind[0]) for item in text.split(',')] if text else []
         return convert(text, kind)
     except ValueError:
         example = ','.join(str(v) for v in default) if isinstance(default, list) else default
@@ -269,7 +270,7 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     dataset_parser.error = refuse
     dataset_parser.add_argument('--dataset')
     named = dataset_parser.parse_known_args(argv)[0].dataset
-    preset = named or presets[1]
+    preset = presets[1] if named is None else named
     if preset not in presets[0]:
         raise UserError(f'unknown dataset {preset!r}; choose one of {", ".join(presets[0])} (config.py)')
     config = check_value_types(copy.deepcopy(presets[0][preset]), 'config.py')
@@ -297,9 +298,13 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
         print(f'--fresh: {run_directory} holds no checkpoints; training there')
     elif from_run and has_checkpoints(run_directory, config):
         config, where, record = run_config(config, where, record, presets, named, training)
+    saved_changes = (saved_run_config(config) or {}).get('changes', []) if record['changes'] else []
     config.update(tf_config_keys())
     where.update({key: 'TF_CONFIG' for key in tf_config_keys()})
     check_config(config, where)
+    for change in record['changes'][len(saved_changes):]:  # this command's, once every value passed its check
+        print(f'changing {change["key"]} {flag_value(change["from"])} -> {flag_value(change["to"])} from '
+              + (f'epoch {change["epoch"]}' if change['epoch'] is not None else f'step {change["step"]}'))
     return {**config, **record}, options
 
 
@@ -319,11 +324,19 @@ def run_config(config, where, record, presets, named, training):
         config = {**base, **{key: config[key] for key in given}}
         where = {**{key: 'config.py' for key in base}, **{key: 'flag' for key in given}}
     changes = saved.get('changes', [])
+    spe = saved.get('steps_per_epoch')
+    if spe is not None and (not isinstance(spe, int) or isinstance(spe, bool) or spe <= 0) or \
+            not isinstance(changes, list):
+        raise UserError(f'{path} records steps_per_epoch {spe!r} and changes of type {type(changes).__name__}: a '
+                        'damaged record (a positive integer and a list); restore it from a copy')
     # An older config.json named no preset, only its loader: its preset is then unknown (None), not guessed.
     known = saved.get('preset') if saved.get('preset') in presets[0] else (record['preset'] if named else None)
-    record = {'preset': known, 'changes': list(changes) if isinstance(changes, list) else []}
-    if isinstance(saved.get('steps_per_epoch'), int):
-        record['steps_per_epoch'] = saved['steps_per_epoch']
+    if named and saved.get('preset') in presets[0] and saved['preset'] != named:
+        raise UserError(f'{config["run_directory"]} was trained from preset {saved["preset"]} but --dataset says '
+                        f'{named}; leave --dataset out to use the run\'s, or pass --fresh (training) for a new run')
+    record = {'preset': known, 'changes': list(changes)}
+    if spe is not None:
+        record['steps_per_epoch'] = spe
     resumed_step = newest_step(config) if training else None
     for key, value in saved.items():
         if key in RECORD_KEYS or key in PROCESS_KEYS or key not in KEY_TYPES:
@@ -341,9 +354,12 @@ def run_config(config, where, record, presets, named, training):
                             '(training) for a new run folder')
         if training:
             epoch = resumed_step // record['steps_per_epoch'] if 'steps_per_epoch' in record else None
-            print(f'changing {key} {flag_value(value)} -> {flag_value(config[key])} from '
-                  + (f'epoch {epoch}' if epoch is not None else f'step {resumed_step}'))
             record['changes'].append({'key': key, 'from': value, 'to': config[key], 'epoch': epoch,
+                                      'step': resumed_step})
+    if training:  # a key an older config.json lacks: what it was is unknown, what it is now is recorded
+        epoch = resumed_step // record['steps_per_epoch'] if 'steps_per_epoch' in record else None
+        for key in sorted(given - set(saved) - set(RUN_IDENTITY_KEYS + EPOCH_KEYS + PROCESS_KEYS + LOCATION_KEYS)):
+            record['changes'].append({'key': key, 'from': None, 'to': config[key], 'epoch': epoch,
                                       'step': resumed_step})
     return config, where, record
 
@@ -355,11 +371,16 @@ def tf_config_keys():
         return {}
     try:
         tf_config = json.loads(os.environ['TF_CONFIG'])
-        cluster = {job: list(tf_config['cluster'].get(job, [])) for job in ('ps', 'worker')}
-        keys = {'job_name': str(tf_config['task']['type']), 'task': int(tf_config['task']['index']),
+        jobs, index = tf_config['cluster'], tf_config['task']['index']
+        if set(jobs) - {'ps', 'worker'} or not all(isinstance(hosts, list) for hosts in jobs.values()) or \
+                not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError('its cluster must be lists of host:port for the jobs ps and worker, its task index an '
+                            'integer')
+        cluster = {job: list(jobs.get(job, [])) for job in ('ps', 'worker')}
+        keys = {'job_name': str(tf_config['task']['type']), 'task': index,
                 'ps_hosts': [str(host) for host in cluster['ps']],
                 'worker_hosts': [str(host) for host in cluster['worker']]}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise UserError(f'TF_CONFIG is not a cluster ({type(error).__name__}: {error}); set it like '
                         '{"cluster": {"ps": ["host:port"], "worker": ["host:port", ...]}, '
                         '"task": {"type": "worker", "index": 0}}') from None
@@ -403,6 +424,10 @@ def check_config(config, where=None):
                     raise bad(key, 'a float32 number (1e-38 to 3e38: the graph computes in float32)')
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
+    for key in ('run_directory', 'model_directory'):
+        if set(config[key]) & set('*?[]'):  # TensorFlow's checkpoint reader takes a path as a glob pattern
+            raise bad(key, 'a path without *, ?, [ or ] (TensorFlow reads checkpoint paths as patterns)',
+                      repr(config[key]))
     if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
         raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
                         'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')
@@ -445,6 +470,10 @@ def check_config(config, where=None):
 def check_cluster_keys(config):
     """The cluster keys agree with each other (TF_CONFIG, or num_ps_tasks / worker_replicas and the host lists)."""
     if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
+        if config['task'] != 0 or config['job_name'] != 'worker' or len(config['worker_hosts']) > 1:
+            raise UserError(f'{config["job_name"]} task {config["task"]} needs a cluster, but there is one worker '
+                            'and no parameter server; pass --num_ps_tasks, --worker_replicas and the hosts, or set '
+                            'TF_CONFIG, or leave --task and --job_name out')
         return
     if config['num_ps_tasks'] == 0:
         raise UserError(f'worker_replicas={config["worker_replicas"]} share their variables through parameter '
@@ -522,9 +551,9 @@ def has_checkpoints(run_directory, config):
 
 
 def new_run_directory(run_directory, config):
-    """The first of `run_directory`, `run_directory-2`, `-3`, ... that holds no checkpoints."""
+    """The first of `run_directory`, `run_directory-2`, `-3`, ... that holds no run (checkpoints or config.json)."""
     candidate, number = run_directory, 1
-    while has_checkpoints(candidate, config):
+    while has_checkpoints(candidate, config) or os.path.lexists(os.path.join(candidate, 'config.json')):
         number += 1
         candidate = f'{run_directory.rstrip(os.sep)}-{number}'
     return candidate
@@ -665,7 +694,8 @@ def write_folder_atomically(destination, build):
     destination must be new or an empty folder."""
     if os.path.lexists(destination) and (not os.path.isdir(destination) or os.path.islink(destination)
                                          or os.listdir(destination)):
-        what = 'a non-empty folder' if os.path.isdir(destination) else 'a file'
+        what = 'a symbolic link' if os.path.islink(destination) else \
+            'a non-empty folder' if os.path.isdir(destination) else 'a file'
         raise UserError(f'{destination} is {what}; choose a new or empty folder')
     parent, name = os.path.split(os.path.abspath(destination))
     temporary = None
@@ -864,7 +894,7 @@ def save_grid(path, images, rows, columns, title=None, scale=2, value_range=(0.0
 def epoch_frames(folder):
     """[(epoch, path)] of the epoch_<N>.png frames in folder, in epoch order."""
     frames = []
-    for path in glob.glob(os.path.join(folder, 'epoch_*.png')):
+    for path in glob.glob(os.path.join(glob.escape(str(folder)), 'epoch_*.png')):
         match = re.fullmatch(r'epoch_(\d+)\.png', os.path.basename(path))
         if match:
             frames.append((int(match.group(1)), path))

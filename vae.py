@@ -532,7 +532,7 @@ def save_interrupted(sess, model, config, step):
     path = save_checkpoint(sess, model, config, f'interrupted_{step}')
     for old_step, old_prefix in utils.list_checkpoints(model_directory, 'interrupted').items():
         if old_step < step:
-            for file in glob.glob(old_prefix + '.*'):
+            for file in glob.glob(glob.escape(old_prefix) + '.*'):
                 os.remove(file)
     return path
 
@@ -743,8 +743,11 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
                 if checkpoint:
                     print(f'resuming {config["run_directory"]} from {checkpoint} (step {step})')
                 if step >= role.last_step:  # config.json keeps the values the run was trained with
-                    print(f'{config["run_directory"]} has trained all {config["num_epoch"]} epochs; raise '
-                          '--num_epoch to go on, or pass --fresh to start a new run')
+                    trained = step // steps_per_epoch
+                    print(f'{config["run_directory"]} has trained '
+                          + (f'all {trained} epochs' if trained == config['num_epoch'] else
+                             f'{trained} epochs (step {step}), more than num_epoch {config["num_epoch"]}')
+                          + '; raise --num_epoch to go on, or pass --fresh to start a new run')
                     return []
                 utils.save_run_config(config, steps_per_epoch)
             epoch_losses, steps_here, step = training_loop(sess, model, phase, data, role, stop_signal)

@@ -11,6 +11,7 @@ Writes reconstructions_model_<N>.png (rows of test images, each followed by its 
 generations_model_<N>.png (decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in
 epoch order); --evaluate keeps each evaluation as its own record in evaluations/.
 """
+import contextlib
 import glob
 import hashlib
 import json
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 import datasets
 import deploy
+import fid
 import utils
 import vae
 from utils import UserError
@@ -43,6 +45,7 @@ TRAVERSE_STEPS = 11      # values of one latent dimension in [-3, 3], per row of
 TRAVERSE_DIMENSIONS = 8  # rows of traversal.png: the latent dimensions with the largest KL
 MANIFOLD_SIDE = 20       # manifold.png is MANIFOLD_SIDE x MANIFOLD_SIDE decoded points
 PROJECTOR_POINTS = 10000  # at most this many test images in the projector (its sprite stays under 8192 pixels)
+MAX_K = 10 ** 7          # importance samples an image: its log weights are held in float64 (80 MB at this k)
 SAVE_SECONDS = 60        # the IWAE bound's progress is saved at most this often (and on Ctrl-C)
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j|x]) exceeds this
 
@@ -53,8 +56,11 @@ def restore(config, checkpoint=None):
     model_directory = utils.run_path(config, 'model_directory')
     checkpoints = utils.list_checkpoints(model_directory)
     if not checkpoints:
-        raise UserError(f'no checkpoint model_<epoch> in {model_directory}; train first with python vae.py '
-                        '(same --dataset / --run_directory)')
+        interrupted = utils.list_checkpoints(model_directory, 'interrupted')
+        raise UserError(f'no checkpoint model_<epoch> in {model_directory}'
+                        + (f' (only interrupted_{max(interrupted)}, mid-epoch); run python vae.py --run_directory '
+                           f'{config["run_directory"]} to finish the epoch' if interrupted else
+                           '; train first with python vae.py (same --dataset / --run_directory)'))
     utils.check_epoch_length(config)  # a model_<N> of another run is refused by name
     if checkpoint is None:
         checkpoint = max(checkpoints)
@@ -156,6 +162,14 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
             batch = images[done:done + images_per_run]
             log_weights = []
             for first in range(0, k, samples_per_run):
+                if stop_signal or time.monotonic() - last_save > SAVE_SECONDS and first:
+                    save_progress()  # the images done so far (this one is scored again from its start)
+                    last_save = time.monotonic()
+                if stop_signal:
+                    bar.close()
+                    print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {len(images)} images scored, saved '
+                          f'in {progress_path}; run the same command to go on from there')
+                    raise SystemExit(128 + stop_signal[0])
                 chunk = min(samples_per_run, k - first)
                 log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk,
                                                                   outputs.noise_seed: [done, first]}))
@@ -330,11 +344,15 @@ def read_training_curves(log_directory):
     verbosity = tf1.logging.get_verbosity()
     tf1.logging.set_verbosity(tf1.logging.ERROR)  # summary_iterator's deprecation notice is not for our users
     try:
-        for path in sorted(glob.glob(os.path.join(log_directory, 'events.out.tfevents.*'))):
-            for event in tf1.train.summary_iterator(path):
-                for value in event.summary.value:
-                    if value.HasField('simple_value'):
-                        curves.setdefault(value.tag, {})[event.step] = value.simple_value
+        for path in sorted(glob.glob(os.path.join(glob.escape(str(log_directory)), 'events.out.tfevents.*'))):
+            try:
+                for event in tf1.train.summary_iterator(path):
+                    for value in event.summary.value:
+                        if value.HasField('simple_value'):
+                            curves.setdefault(value.tag, {})[event.step] = value.simple_value
+            except tf.errors.OpError as error:  # a file cut short by a kill: what was read before stays
+                print(f'warning: {path} ends in a damaged record ({error.message.strip().splitlines()[0]}); '
+                      'using the events before it')
     finally:
         tf1.logging.set_verbosity(verbosity)
     return {tag: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
@@ -377,11 +395,11 @@ def write_grid(config, name, epoch, images, rows, columns, title):
     print(f'wrote {path}')
 
 
-def evaluation_path(config, epoch, weights, images, kind, **settings):
+def evaluation_path(config, epoch, weights, images, kind, *settings):
     """<run>/evaluations/model_<N>-<kind>-<settings>-<count>images_<digest>-weights_<digest>.json: an evaluation
     is keyed by the checkpoint, the digest of its weights, what was computed and the image set, so no evaluation
     replaces another, and the same one is found again."""
-    parts = [f'model_{epoch}', kind, *(f'{key}{value}' for key, value in settings.items()),
+    parts = [f'model_{epoch}', kind, *settings,
              f'{len(images)}images_{hashlib.sha1(images.tobytes()).hexdigest()[:10]}', f'weights_{weights[:10]}']
     return os.path.join(config['run_directory'], EVALUATIONS, '-'.join(parts) + '.json')
 
@@ -409,12 +427,28 @@ def write_record(path, record):
     print(f'wrote {path}')
 
 
+def kept_record(path, keys):
+    """The record at path when it is whole (a JSON object with those keys); None when there is none, and a
+    damaged one is a warning: it is computed again and replaced."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        record = json.loads(utils.read_text(path, 'evaluation record'))
+        if isinstance(record, dict) and all(key in record for key in keys):
+            return record
+    except (UserError, ValueError):
+        pass
+    print(f'warning: {path} is damaged; computing it again')
+    return None
+
+
 def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     """The IWAE evaluation of model_<epoch> as its own record; an evaluation already kept is printed, not redone."""
     weights = utils.checkpoint_digest(prefix)
-    path = evaluation_path(config, epoch, weights, test_images, 'iwae', k=k)
-    if os.path.exists(path):
-        print_metrics(json.loads(utils.read_text(path, 'evaluation record')))
+    path = evaluation_path(config, epoch, weights, test_images, 'iwae', f'k{k}')
+    kept = kept_record(path, ('test_images', 'iwae_k', 'negative_iwae_nats'))
+    if kept:
+        print_metrics(kept)
         print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
         return
     progress = path[:-len('.json')] + '.progress.npz'
@@ -471,8 +505,8 @@ def write_gif(config):
 
 def write_projector(config, epoch, z_means, images, labels):
     """TensorBoard's projector in the run's log folder: model_<N>'s test posterior means
-    (projector_means_model_<N>.tsv), their labels (MNIST) and a sprite of the images, one embedding per
-    checkpoint in projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
+    (projector_means_model_<N>.tsv), their labels (MNIST, projector_labels_model_<N>.tsv) and a sprite of the images
+    (projector_sprite_model_<N>.png), one embedding per checkpoint in projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
     from google.protobuf import text_format
     from tensorboard.plugins import projector
     count = min(len(z_means), PROJECTOR_POINTS)
@@ -497,10 +531,10 @@ def write_projector(config, epoch, z_means, images, labels):
     utils.write_atomically(os.path.join(folder, embedding.tensor_path),
                            lambda f: np.savetxt(f, z_means[:count], fmt='%.6g', delimiter='\t'))
     if labels is not None:  # one column: no header line
-        embedding.metadata_path = 'projector_labels.tsv'
+        embedding.metadata_path = f'projector_labels_{suffix}.tsv'
         utils.write_atomically(os.path.join(folder, embedding.metadata_path),
                                lambda f: f.write(''.join(f'{label}\n' for label in labels[:count])), 'w')
-    embedding.sprite.image_path = 'projector_sprite.png'
+    embedding.sprite.image_path = f'projector_sprite_{suffix}.png'
     embedding.sprite.single_image_dim.extend([width, height])
     sprite = utils.image_grid(images[:count], side, side, utils.pixel_range(config))
     utils.write_atomically(os.path.join(folder, embedding.sprite.image_path),
@@ -518,6 +552,10 @@ def export_run(config, epoch, folder):
     vae_inference.py needs to restore, evaluate and picture it anywhere. Built beside `folder` and renamed into
     place: all or nothing; `folder` must be new or empty."""
     source = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    run, target = os.path.realpath(config['run_directory']), os.path.realpath(folder)
+    if os.path.commonpath([run, target]) == run:
+        raise UserError(f'--export {folder} is inside the run folder {config["run_directory"]}; choose a folder '
+                        'outside it')
     # The run's own config.json, training settings and record included, so the copy says how it was trained.
     record = {**(utils.saved_run_config(config) or utils.run_record(config, config.get('steps_per_epoch'))),
               'run_directory': folder}
@@ -548,6 +586,134 @@ def export_run(config, epoch, folder):
           f'TensorBoard logs; restore it with python vae_inference.py --run_directory {folder}')
 
 
+# ---------------------------------------------------------------- sample quality: the FID
+
+FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
+GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
+
+
+def inception_pixels(images, config):
+    """Model-range images as Inception's [0, 255] pixels (a Bernoulli decoder's pixel probabilities are grey)."""
+    low, high = utils.pixel_range(config)
+    return np.clip((np.asarray(images, np.float32) - low) * (255 / (high - low)), 0, 255)
+
+
+def resumable_features(extract, make_images, count, config, progress_path, identity, what):
+    """pool_3 features of make_images(start, stop) (model-range images) for start..count in chunks, with a
+    progress bar and the time left; the progress is kept in progress_path as importance_weighted_bound keeps
+    its own (every SAVE_SECONDS and on Ctrl-C / SIGTERM, for this identity only; a damaged file is a warning and
+    a fresh start)."""
+    features, done = np.zeros((count, fid.FEATURES), np.float32), 0
+    if os.path.lexists(progress_path):
+        try:
+            with np.load(progress_path) as saved:
+                if str(saved['identity']) == identity and saved['features'].shape == features.shape:
+                    done = int(saved['done'])
+                    features[:done] = saved['features'][:done]
+                    print(f'going on from {progress_path}: {done} of {count} {what} done')
+        except Exception as error:  # whatever a damaged file raises in numpy's reader
+            print(f'warning: {progress_path} is damaged ({type(error).__name__}); starting afresh')
+    last_save = time.monotonic()
+    with vae.stop_requests() as stop_signal, \
+            tqdm(total=count, initial=done, unit='image', desc=f'Inception, {what}', file=sys.stdout,
+                 mininterval=0.5 if sys.stdout.isatty() else 60, dynamic_ncols=True) as bar:
+        while done < count:
+            stop = min(count, done + FID_CHUNK)
+            features[done:stop] = extract(inception_pixels(make_images(done, stop), config))
+            bar.update(stop - done)
+            done = stop
+            if stop_signal or time.monotonic() - last_save > SAVE_SECONDS:
+                utils.write_atomically(progress_path, lambda f: np.savez(f, identity=identity, done=done,
+                                                                          features=features))
+                last_save = time.monotonic()
+            if stop_signal:
+                print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {count} {what} scored, saved in '
+                      f'{progress_path}; run the same command to go on from there')
+                raise SystemExit(128 + stop_signal[0])
+    return features
+
+
+def test_statistics(config, extract, images):
+    """Mean and covariance of the test images' pool_3 features, cached in fid_cache_directory by dataset and the
+    SHA-1 of the images (a changed image set is another file)."""
+    digest = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
+    path = os.path.join(config['fid_cache_directory'], f'statistics-{config["dataset"]}-{len(images)}images_'
+                                                       f'{digest[:16]}.npz')
+    if os.path.exists(path):
+        try:
+            with np.load(path) as saved:
+                if str(saved['images_sha1']) == digest:
+                    print(f'test statistics from {path}')
+                    return saved['mu'], saved['sigma']
+        except Exception as error:  # a damaged cache file is computed again
+            print(f'warning: {path} is damaged ({type(error).__name__}); computing it again')
+    features = resumable_features(extract, lambda start, stop: images[start:stop], len(images), config,
+                                  path[:-len('.npz')] + '.progress.npz', f'images={digest}', 'test images')
+    mu, sigma = fid.feature_statistics(features)
+    utils.write_atomically(path, lambda f: np.savez(f, images_sha1=digest, mu=mu, sigma=sigma))
+    print(f'wrote {path}')
+    return mu, sigma
+
+
+def fit_latent_mixture(z_means, seed):
+    """Ghosh et al. 2020's ex-post density estimation: a GMM_COMPONENTS full-covariance Gaussian mixture fitted to
+    the training set's posterior means."""
+    from sklearn.mixture import GaussianMixture
+    return GaussianMixture(GMM_COMPONENTS, covariance_type='full', random_state=seed).fit(z_means)
+
+
+GMM_FIT_IMAGES = 60000  # training images whose posterior means the mixture is fitted to (all of MNIST's)
+
+
+def training_images(config, data, count):
+    """The first count training images as the model sees them (binarised once, like the test set)."""
+    train = data['train'][:count]
+    if config['dataset'] == 'celebA':  # file names: decode them as the training input does
+        train = datasets.decode_celeba_files(list(train), config).astype(np.float32) / 127.5 - 1.0
+    return datasets.evaluation_images(config, train)
+
+
+def sampler_latents(sess, outputs, config, data, sampler, count):
+    """count latents to decode: 'prior' N(0, I), or 'gmm' draws of the mixture fitted to the training set's
+    posterior means; seeded by the run's seed."""
+    if sampler == 'prior':
+        return np.random.RandomState(config['seed']).standard_normal((count, config['z_dim'])).astype(np.float32)
+    z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, GMM_FIT_IMAGES))
+    print(f'fitted a {GMM_COMPONENTS}-component Gaussian mixture to {len(z_means)} training posterior means')
+    return fit_latent_mixture(z_means, config['seed']).sample(count)[0].astype(np.float32)
+
+
+def write_fid(sess, outputs, config, data, epoch, prefix, options):
+    """The FID of the test set's reconstructions and of --fid_samples decodes of --sampler's latents, against the
+    test images (their grey levels, never binarised), each kept as its own record in evaluations/."""
+    test_images = data['test_images'][:options['num_test'] or None]
+    weights = utils.checkpoint_digest(prefix)
+    inception = fid.load_weights(fid.weights_path(config['fid_cache_directory'], options['fid_weights'] or None))
+    extract = fid.feature_extractor(inception, progress=False)  # resumable_features shows the progress
+    real = test_statistics(config, extract, test_images)
+    latents = sampler_latents(sess, outputs, config, data, options['sampler'], options['fid_samples'])
+    seen = datasets.evaluation_images(config, test_images)  # what the model encodes (binarised for bernoulli)
+    scored = {'reconstructions': (len(test_images), lambda start, stop: reconstruct(sess, outputs, seen[start:stop])),
+              options['sampler']: (len(latents), lambda start, stop: generate(sess, outputs, latents[start:stop]))}
+    for source, (count, make_images) in scored.items():
+        path = evaluation_path(config, epoch, weights, test_images, 'fid', source, f'n{count}')
+        kept = kept_record(path, ('fid',))
+        if kept:
+            print(f'{path} holds this FID: {kept["fid"]}')
+            continue
+        progress = path[:-len('.json')] + '.progress.npz'
+        features = resumable_features(extract, make_images, count, config, progress,
+                                      f'weights={weights} source={source} n={count} seed={config["seed"]}', source)
+        score = fid.frechet_distance(*real, *fid.feature_statistics(features))
+        print(f'FID of {count} {source} against {len(test_images)} test images: {score:.2f}')
+        write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'fid': score, 'scored': source,
+                            'count': count, 'test_images': len(test_images),
+                            'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
+                            'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
+        with contextlib.suppress(OSError):
+            os.remove(progress)
+
+
 # vae_inference.py's own command-line flags (every config key is one too, the run folder's config.json giving the
 # model's): {name: (default, meaning)}, None for a switch.
 FLAGS = {
@@ -564,6 +730,13 @@ FLAGS = {
     'curves': (None, 'training_curves.png from the TensorBoard logs'),
     'projector': (None, "TensorBoard's projector of the test posterior means, with labels and a sprite of the "
                         'images, in the log folder'),
+    'fid': (None, 'sample quality: the FID of the test set\'s reconstructions and of --fid_samples decodes of '
+                  '--sampler, against the test images (Inception-v3 2015-12-05 pool_3) -> records in evaluations/'),
+    'fid_samples': (10000, 'samples decoded for --fid'),
+    'sampler': ('prior', "--fid's latents: 'prior' N(0, I), or 'gmm' a 10-component Gaussian mixture fitted to the "
+                         'training posterior means'),
+    'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "
+                        'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
                    'the GIF frames: a run to share or commit'),
 }
@@ -571,8 +744,9 @@ FLAGS = {
 
 def main(argv):
     config, options = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
-    if options['k'] <= 0 or options['num_test'] < 0:
-        raise UserError('--k must be positive and --num_test zero (all) or positive')
+    if not 0 < options['k'] <= MAX_K or options['num_test'] < 0:
+        raise UserError(f'--k must be in 1..{MAX_K:,} (the literature protocol: 5000) and --num_test zero (all) or '
+                        'positive')
     if options['checkpoint'] < -1:
         raise UserError(f'--checkpoint {options["checkpoint"]} is no checkpoint; pass an epoch number of a '
                         'model_<epoch> checkpoint, or -1 (the default) for the newest')
@@ -581,8 +755,11 @@ def main(argv):
     if options['manifold'] and config['z_dim'] != 2:
         raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
-    pictures = [name for name in ('evaluate', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves', 'projector')
-                if options[name]]
+    if options['sampler'] not in ('prior', 'gmm') or options['fid_samples'] < 2:
+        raise UserError(f'--sampler must be prior or gmm (got {options["sampler"]!r}) and --fid_samples at least 2 '
+                        f'(got {options["fid_samples"]})')
+    pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
+                                  'projector') if options[name]]
     if options['curves']:
         write_curves(config)
         if pictures == ['curves']:
@@ -602,6 +779,8 @@ def main(argv):
             write_samples(sess, outputs, config, test_images, epoch)
         if options['evaluate']:
             write_evaluation(sess, outputs, config, epoch, prefix, test_images, options['k'])
+        if options['fid']:
+            write_fid(sess, outputs, config, data, epoch, prefix, options)
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
             write_grid(config, 'interpolation', epoch, interpolation_grid(sess, outputs, test_images, rows), rows,

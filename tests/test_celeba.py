@@ -236,7 +236,8 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
         assert gif.n_frames == 2
     result = run_script('vae_inference.py', '--run_directory', run, '--projector')
     assert result.returncode == 0, result.stderr
-    assert (run / 'logs' / 'projector_sprite.png').exists() and not (run / 'logs' / 'projector_labels.tsv').exists()
+    assert (run / 'logs' / 'projector_sprite_model_1.png').exists()
+    assert not list((run / 'logs').glob('projector_labels*'))
 
 
 def test_evaluating_the_full_size_face_model_stays_within_bounded_memory(celeba, tmp_path):

@@ -258,3 +258,60 @@ def test_a_square_root_with_an_imaginary_diagonal_is_an_error(monkeypatch):
     one_line_error(lambda: fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)), 'imaginary')
     monkeypatch.setattr(scipy.linalg, 'sqrtm', lambda matrix: np.eye(len(matrix)) * (1 + 1e-5j))
     assert fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)) == pytest.approx(0)
+
+
+# ---------------------------------------------------------------- vae_inference.py --fid
+
+def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
+    import vae_inference
+    from conftest import TINY, run_script
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *TINY, '--num_train_images', '640', '--num_epoch', '1', '--run_directory',
+                      run).returncode == 0
+    args = ['--run_directory', run, '--fid', '--fid_samples', '12', '--num_test', '10', '--fid_weights',
+            fid.weights_path(CACHE), '--fid_cache_directory', tmp_path / 'cache']
+    result = run_script('vae_inference.py', *args)
+    assert result.returncode == 0, result.stderr
+    records = {r['scored']: r for r in vae_inference.evaluation_records(run).values()}
+    assert sorted(records) == ['prior', 'reconstructions']
+    assert (records['prior']['count'], records['reconstructions']['count']) == (12, 10)
+    assert all(np.isfinite(r['fid']) and r['fid'] > 0 and r['test_images'] == 10 for r in records.values())
+    assert len(os.listdir(tmp_path / 'cache')) == 1  # the test statistics, and no progress file left
+    result = run_script('vae_inference.py', *args)  # nothing computed again
+    assert result.returncode == 0 and 'test statistics from' in result.stdout
+    assert result.stdout.count('holds this FID') == 2
+
+
+def test_the_test_statistics_are_cached_by_image_set(tmp_path):
+    import vae_inference
+    from conftest import tiny_config
+    config = {**tiny_config(tmp_path), 'fid_cache_directory': str(tmp_path / 'cache')}
+    calls = []
+
+    def extract(pixels):  # a stand-in for Inception: 2048 features from each image's pixels
+        calls.append(len(pixels))
+        return np.tile(pixels.reshape(len(pixels), -1)[:, :16], 128).astype(np.float32)
+    images = np.random.RandomState(0).uniform(size=(6, 28, 28, 1)).astype(np.float32)
+    first = vae_inference.test_statistics(config, extract, images)
+    again = vae_inference.test_statistics(config, extract, images)
+    assert calls == [6] and np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    other = images.copy()
+    other[0, 0, 0, 0] += 0.5  # another image set: its own statistics
+    vae_inference.test_statistics(config, extract, other)
+    assert calls == [6, 6] and len(os.listdir(tmp_path / 'cache')) == 2
+
+
+def test_the_gmm_sampler_draws_from_the_fitted_mixture():
+    import vae_inference
+    rng = np.random.RandomState(0)
+    centres = rng.normal(0, 5, (10, 3))
+    z_means = np.concatenate([centre + rng.normal(0, 0.3, (400, 3)) for centre in centres])
+    mixture = vae_inference.fit_latent_mixture(z_means, seed=0)
+    assert mixture.n_components == 10 and mixture.covariance_type == 'full'
+    draws = mixture.sample(20000)[0]
+    mean = mixture.weights_ @ mixture.means_
+    second = sum(w * (c + np.outer(m, m)) for w, m, c in zip(mixture.weights_, mixture.means_, mixture.covariances_))
+    assert np.allclose(draws.mean(axis=0), mean, atol=0.1)
+    assert np.allclose(np.cov(draws, rowvar=False), second - np.outer(mean, mean), rtol=0.05, atol=0.1)
+    # every draw is near one of the data's clusters, not between them
+    assert np.min(np.linalg.norm(draws[:, None] - centres[None], axis=2), axis=1).max() < 3

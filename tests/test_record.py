@@ -341,3 +341,78 @@ def test_the_install_is_pinned():
     with open(os.path.join(ROOT, 'constraints.txt')) as f:
         constraints = [line.strip() for line in f if line.strip() and not line.startswith('#')]
     assert all('==' in line for line in constraints) and len(constraints) > len(pins)
+
+
+# ---------------------------------------------------------------- the second review's cases
+
+@pytest.mark.parametrize('tf_config, args, message', [
+    (None, ['--run_directory', '/tmp/run[1]'], 'run_directory must be a path without *, ?, [ or ]'),
+    (None, ['--dataset', ''], "unknown dataset ''"),
+    (None, ['--encoder_filters', '4,,8'], "--encoder_filters '4,,8' is not a valid list"),
+    (None, ['--task', '2'], 'worker task 2 needs a cluster'),
+    ({'cluster': {'worker': ['a:1']}, 'task': {'type': 'worker', 'index': 5}}, [], 'worker task 5 needs a cluster'),
+    ({'cluster': {'worker': ['a:1'], 'ps': ['b:2']}, 'task': {'type': 'worker', 'index': 1.7}}, [],
+     'TF_CONFIG is not a cluster'),
+    ({'cluster': {'worker': 'a:1', 'ps': ['b:2']}, 'task': {'type': 'worker', 'index': 0}}, [],
+     'TF_CONFIG is not a cluster'),
+    ({'cluster': {'chief': ['c:3'], 'worker': ['a:1'], 'ps': ['b:2']}, 'task': {'type': 'worker', 'index': 0}}, [],
+     'TF_CONFIG is not a cluster'),
+])
+def test_paths_lists_and_clusters_that_would_go_wrong_are_refused(monkeypatch, tf_config, args, message):
+    if tf_config:
+        monkeypatch.setenv('TF_CONFIG', json.dumps(tf_config))
+    with pytest.raises(utils.UserError, match=re.escape(message)):
+        utils.parse_command_line(args)
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    with pytest.raises(utils.UserError, match=re.escape('--k must be in 1..10,000,000')):
+        vae_inference.main(['--k', str(10 ** 8)])
+
+
+def test_damaged_records_logs_and_older_config_json_on_a_trained_run(trained, tmp_path):
+    # A record cut short is computed again; a log cut short by a kill still gives its curves.
+    args = ['--run_directory', trained, '--evaluate', '--k', '3', '--num_test', '10']
+    assert run_script('vae_inference.py', *args).returncode == 0
+    record, = vae_inference.evaluation_records(trained)
+    with open(record, 'r+') as f:
+        f.truncate(50)
+    result = run_script('vae_inference.py', *args)
+    assert result.returncode == 0 and 'is damaged; computing it again' in result.stdout, result.stderr
+    assert json.load(open(record))['iwae_k'] == 3
+    log = sorted((trained / 'logs').glob('events.out.tfevents.*'))[-1]
+    log.write_bytes(log.read_bytes()[:-37])
+    result = run_script('vae_inference.py', '--run_directory', trained, '--curves')
+    assert result.returncode == 0 and 'ends in a damaged record' in result.stdout, result.stderr
+    # One projector embedding per checkpoint, each with its own labels and sprite.
+    for checkpoint, count in (('0', '30'), ('1', '50')):
+        assert run_script('vae_inference.py', '--run_directory', trained, '--projector', '--checkpoint', checkpoint,
+                          '--num_test', count).returncode == 0
+    assert len((trained / 'logs' / 'projector_labels_model_0.tsv').read_text().split()) == 30
+    assert (trained / 'logs' / 'projector_sprite_model_1.png').exists()
+    # Exports inside the run folder or onto a link are refused.
+    os.symlink(tmp_path / 'empty', tmp_path / 'link')
+    for destination, message in ((trained / 'shared', 'is inside the run folder'),
+                                 (tmp_path / 'link', 'is a symbolic link')):
+        assert_refused(run_script('vae_inference.py', '--run_directory', trained, '--export', destination), message)
+    # Another preset named for the run, a damaged steps_per_epoch: refused. A key an older config.json lacks,
+    # set by a flag on resume, is recorded as a change from an unknown value.
+    result = run_script('vae.py', '--run_directory', trained, '--dataset', 'MNIST_bernoulli', '--num_epoch', '3')
+    assert_refused(result, 'was trained from preset MNIST but --dataset says MNIST_bernoulli')
+    saved = json.load(open(trained / 'config.json'))
+    (trained / 'config.json').write_text(json.dumps({**saved, 'steps_per_epoch': 0}))
+    assert_refused(run_script('vae.py', '--run_directory', trained, '--num_epoch', '3'), 'a damaged record')
+    del saved['free_bits']
+    (trained / 'config.json').write_text(json.dumps(saved))
+    result = run_script('vae.py', '--run_directory', trained, '--num_epoch', '3', '--free_bits', '0.5')
+    assert result.returncode == 0, result.stderr
+    assert 'changing free_bits None -> 0.5 from epoch 2' in result.stdout
+    assert {'key': 'free_bits', 'from': None, 'to': 0.5, 'epoch': 2, 'step': 20} in \
+        json.load(open(trained / 'config.json'))['changes']
+
+
+def test_fresh_skips_a_folder_that_holds_another_runs_config(trained):
+    other = f'{trained}-2'
+    os.makedirs(other)
+    shutil.copy(trained / 'config.json', other)
+    result = run_script('vae.py', *BASE, '--run_directory', trained, '--fresh', '--num_epoch', '1')
+    assert result.returncode == 0 and f'training in {trained}-3' in result.stdout, result.stderr
+    assert os.listdir(other) == ['config.json']
