@@ -158,26 +158,8 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
     with vae.stop_requests(enabled=progress_path is not None) as stop_signal, \
             tqdm(total=len(images) * k, initial=done * k, unit='sample', desc=f'IWAE k={k}', file=sys.stdout,
                  mininterval=0.5 if interactive else 60, unit_scale=True, dynamic_ncols=True) as bar:
-        while done < len(images):
-            batch = images[done:done + images_per_run]
-            log_weights = []
-            for first in range(0, k, samples_per_run):
-                if stop_signal or time.monotonic() - last_save > SAVE_SECONDS and first:
-                    save_progress()  # the images done so far (this one is scored again from its start)
-                    last_save = time.monotonic()
-                if stop_signal:
-                    bar.close()
-                    print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {len(images)} images scored, saved '
-                          f'in {progress_path}; run the same command to go on from there')
-                    raise SystemExit(128 + stop_signal[0])
-                chunk = min(samples_per_run, k - first)
-                log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk,
-                                                                  outputs.noise_seed: [done, first]}))
-                bar.update(chunk * len(batch))
-            log_weights = np.concatenate(log_weights).astype(np.float64)
-            elbo[done:done + len(batch)] = log_weights.mean(axis=0)
-            iwae[done:done + len(batch)] = log_mean_exp(log_weights, axis=0)
-            done += len(batch)
+        def keep_progress():  # every SAVE_SECONDS and on a signal: save the images done; on a signal, stop there
+            nonlocal last_save
             if stop_signal or time.monotonic() - last_save > SAVE_SECONDS:
                 save_progress()
                 last_save = time.monotonic()
@@ -186,6 +168,22 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
                 print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {len(images)} images scored, saved in '
                       f'{progress_path}; run the same command to go on from there')
                 raise SystemExit(128 + stop_signal[0])
+
+        while done < len(images):
+            batch = images[done:done + images_per_run]
+            log_weights = []
+            for first in range(0, k, samples_per_run):
+                if first:  # between one image's runs too (a large k): the image in progress is scored again
+                    keep_progress()
+                chunk = min(samples_per_run, k - first)
+                log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk,
+                                                                  outputs.noise_seed: [done, first]}))
+                bar.update(chunk * len(batch))
+            log_weights = np.concatenate(log_weights).astype(np.float64)
+            elbo[done:done + len(batch)] = log_weights.mean(axis=0)
+            iwae[done:done + len(batch)] = log_mean_exp(log_weights, axis=0)
+            done += len(batch)
+            keep_progress()
     return elbo, iwae
 
 

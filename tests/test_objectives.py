@@ -1,7 +1,9 @@
 """Training objectives: KL schedules, free bits, the IWAE objective, learning-rate decay, and an evaluation
 that can be interrupted."""
 import json
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -184,3 +186,33 @@ def test_an_interrupted_evaluation_goes_on_to_the_numbers_of_an_unbroken_one(tmp
         resumed = vae_inference.importance_weighted_bound(sess, outputs, config, images, k, progress)
     assert np.array_equal(unbroken[0], resumed[0]) and np.array_equal(unbroken[1], resumed[1])
     assert np.all(unbroken[1] >= unbroken[0])  # the IWAE bound is above the ELBO estimate
+
+
+class SignalledSession(InterruptedSession):
+    """A session that sends this process SIGINT during its `after`-th run, as Ctrl-C would during a long k."""
+    def run(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.sess.run(*args, **kwargs)
+
+
+def test_ctrl_c_in_the_middle_of_one_images_samples_stops_there_and_goes_on(tmp_path, mnist, monkeypatch):
+    config = tiny_config(tmp_path, *BERNOULLI)
+    images = datasets.evaluation_images(config, mnist['test_images'][:2])
+    monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
+    k = vae_inference.decodes_per_run(config) * 3  # each image in three session.runs
+    with tf.Graph().as_default() as graph:
+        outputs = vae.build_inference_graph(config)
+        init = tf1.global_variables_initializer()
+    progress = str(tmp_path / 'progress.npz')
+    with tf1.Session(graph=graph) as sess:
+        sess.run(init)
+        unbroken = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
+        with pytest.raises(SystemExit) as stopped:  # during the first image's second run: stops before its third
+            vae_inference.importance_weighted_bound(SignalledSession(sess, 2), outputs, config, images, k, progress)
+        assert stopped.value.code == 128 + signal.SIGINT
+        with np.load(progress) as saved:
+            assert int(saved['done']) == 0
+        resumed = vae_inference.importance_weighted_bound(sess, outputs, config, images, k, progress)
+    assert np.array_equal(unbroken[0], resumed[0]) and np.array_equal(unbroken[1], resumed[1])
