@@ -114,8 +114,8 @@ descriptions = {
         'num_epoch': 'passes over the training set',
         'learning_rate': 'Adam step size',
         'learning_rate_decay': "Adam's step size is learning_rate * this ** epoch (1 = constant)",
-        'kl_schedule': "weight of the KL term over training, a function of the global step: 'constant' 1 (the "
-                       "original), 'linear' warm-up from 0 to 1 over kl_warmup_epochs, 'cyclical' annealing "
+        'kl_schedule': "the KL term's annealing factor over training, a function of the global step: 'constant' "
+                       "1 (the original), 'linear' warm-up from 0 to 1 over kl_warmup_epochs, 'cyclical' annealing "
                        '(kl_cycle_epochs, kl_cycle_ramp); the test ELBO and every metric weigh the KL by 1',
         'kl_warmup_epochs': "'linear': epochs to reach full weight",
         'kl_cycle_epochs': "'cyclical': epochs in one cycle",

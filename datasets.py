@@ -255,10 +255,9 @@ def load_dataset(config, training=True):
         splits['train'] = splits['train'][:config['num_train_images'] or None]  # before checking and caching
         limit = config['num_test_images'] or None
         check_celeba_files((splits['train'] if training else []) + splits['validation'][:25] + splits['test'][:limit])
-        to_float = lambda crops: crops.astype(np.float32) / 127.5 - 1.0
         data = {'train': np.array(splits['train']),
-                'test_images': to_float(decode_celeba_files(splits['test'][:limit], config)),
-                'grid_images': to_float(decode_celeba_files(splits['validation'][:25], config))}
+                'test_images': celeba_pixels(decode_celeba_files(splits['test'][:limit], config)),
+                'grid_images': celeba_pixels(decode_celeba_files(splits['validation'][:25], config))}
         if config['celebA_cache'] and training:
             data['train'] = load_celeba_cache(config, splits['train'])
     if config['num_train_images']:
@@ -294,6 +293,14 @@ def load_celeba_cache(config, paths, chunk=2048):
     return crops
 
 
+def celeba_pixels(crops):
+    """CelebA crops in [0, 255] (uint8 or float; an array or a tensor) as the model's pixels in [-1, 1]: the
+    loader decides the data's range (utils.PIXEL_RANGES)."""
+    if isinstance(crops, np.ndarray):
+        return crops.astype(np.float32) / 127.5 - 1.0
+    return tf.cast(crops, tf.float32) / 127.5 - 1.0
+
+
 def decode_celeba(contents, config):
     """A CelebA JPEG (178x218) to a float image in [-1, 1] with the original's crops: 'closecrop' decodes only
     the central 140x140 box and resizes it to 64x64; 'resizecrop' resizes the whole image to 64x78 and keeps
@@ -311,7 +318,7 @@ def decode_celeba(contents, config):
                                 antialias=True)
         top = (resized_height - height) // 2
         image = image[top:top + height]
-    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0  # lanczos overshoots: clip before scaling
+    return celeba_pixels(tf.clip_by_value(image, 0.0, 255.0))  # lanczos overshoots: clip before scaling
 
 
 def decode_celeba_files(paths, config, batch_size=256):
@@ -342,17 +349,29 @@ def evaluation_images(config, images):
     return (np.random.RandomState(config['test_seed']).uniform(size=images.shape) < images).astype(np.float32)
 
 
-# The training input. Feed train_data (what load_dataset returned as 'train') and shuffle_seed to
-# iterator.initializer, and skip_batches to resume inside an epoch; images is then the next batch of float images.
-TrainingInput = collections.namedtuple('TrainingInput', 'train_data shuffle_seed skip_batches iterator images')
+def training_batch(config, images):
+    """What the model trains on of a batch of images (a tensor): the images, or with binarize a fresh
+    Bernoulli(intensity) draw of every pixel at every step (dynamic binarisation)."""
+    if not config['binarize']:
+        return images
+    return tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
 
 
-def input_pipeline(config, shard=None):
-    """The training input: a placeholder fed once per epoch, shuffled with a seed, parsed, batched, prefetched.
-    shard=(count, index): a cluster worker's endless input instead, every epoch a new order of its 1/count share.
+# The training input: run initializer with feed(epoch, position) to start it, then images is the next batch.
+TrainingInput = collections.namedtuple('TrainingInput', [
+    'images',       # the next batch, [batch_size, height, width, channels] floats in the data's pixel range
+    'initializer',  # (re)starts the input, run with feed(epoch, position)
+    'feed',         # feed(epoch, position): the data and the order of epoch `epoch` from its batch `position`, an
+                    # order seeded by the epoch (a resumed run sees an unbroken one's); a cluster worker's endless
+                    # shard has one order seeded by its task, whatever the arguments
+])
 
-    What is fed depends on the data: float images (MNIST), JPEG paths decoded in parallel (CelebA), or the
-    uint8 crops of the CelebA cache. Returns a TrainingInput.
+
+def input_pipeline(config, train, shard=None):
+    """The training input of `train` (what load_dataset returned as 'train': float images for MNIST, JPEG
+    paths decoded in parallel or the uint8 crops of the cache for CelebA): a placeholder fed once per epoch,
+    shuffled with a seed, parsed, batched, prefetched. shard=(count, index): a cluster worker's endless input
+    instead, every epoch a new order of its 1/count share. Returns a TrainingInput.
     """
     shape = utils.image_shape(config)
     if config['dataset'] != 'celebA':
@@ -360,7 +379,7 @@ def input_pipeline(config, shard=None):
         parse = tf.identity
     elif config['celebA_cache']:
         train_data = tf1.placeholder(tf.uint8, [None, *shape], name='train_data')
-        parse = lambda crop: tf.cast(crop, tf.float32) / 127.5 - 1.0
+        parse = celeba_pixels
     else:
         train_data = tf1.placeholder(tf.string, [None], name='train_data')
         parse = lambda path: decode_celeba(tf.io.read_file(path), config)
@@ -386,4 +405,7 @@ def input_pipeline(config, shard=None):
     dataset = dataset.prefetch(2).with_options(options)
     iterator = tf1.data.make_initializable_iterator(dataset)
     images = tf.ensure_shape(iterator.get_next(), [config['batch_size'], *shape])
-    return TrainingInput(train_data, shuffle_seed, skip_batches, iterator, images)
+    order = lambda epoch: config['seed'] * 100003 + (shard[1] if shard else epoch)
+    feed = lambda epoch, position: {train_data: train, shuffle_seed: order(epoch),
+                                    skip_batches: 0 if shard else position}
+    return TrainingInput(images, iterator.initializer, feed)

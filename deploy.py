@@ -158,6 +158,12 @@ def cluster_from_config(config):
     return {'ps': config['ps_hosts'], 'worker': config['worker_hosts']}
 
 
+def is_chief(config, cluster):
+    """Whether this process is the one that restores, saves, summarises and takes SIGINT / SIGTERM: a single
+    process, or worker 0 of a cluster."""
+    return cluster is None or config['task'] == 0
+
+
 def variable_placement(config, cluster):
     """Where the training graph is built: on a cluster worker, variables on the parameter servers (round robin)
     and ops on this worker; in one process, TensorFlow's default placement."""
@@ -238,13 +244,13 @@ def local_session(config, graph, model, checkpoint):
 
 
 @contextlib.contextmanager
-def cluster_session(config, cluster, server, graph, model, checkpoint, last_step, input_feed):
+def cluster_session(config, cluster, server, graph, model, checkpoint, last_step):
     """A cluster worker: a MonitoredTrainingSession on this worker's server. The chief (worker 0) initialises or
     restores the variables on the parameter servers; the others wait for it, then join. With sync_replicas the
     chief also runs the gradient queue and, at the end, hands every worker a last token so none waits forever.
     When the session ends, this worker tells each parameter server that it has finished."""
     task, workers = config['task'], len(cluster['worker'])
-    chief = task == 0
+    chief = is_chief(config, cluster)
     # This worker's sessions see only the parameter servers and itself, not wait for the other workers.
     worker_config = session_config(config, training=True)
     worker_config.device_filters.extend(['/job:ps', f'/job:worker/task:{task}'])
@@ -257,8 +263,8 @@ def cluster_session(config, cluster, server, graph, model, checkpoint, last_step
             else tf.no_op()
         scaffold = tf1.train.Scaffold(
             init_op=model.init, saver=model.saver,
-            local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), model.input.iterator.initializer),
-            local_init_feed_dict=input_feed)
+            local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), model.input.initializer),
+            local_init_feed_dict=model.input.feed(0, 0))  # the worker's endless shard
     if checkpoint:  # MonitoredTrainingSession restores the one the state file names: make it this one
         tf1.train.update_checkpoint_state(utils.run_path(config, 'model_directory'), checkpoint)
     hooks.append(tf1.train.StopAtStepHook(last_step=last_step))

@@ -63,6 +63,20 @@ def exit_on_user_error(main):
         sys.exit(130)
 
 
+@contextlib.contextmanager
+def stop_requests(enabled=True):
+    """Collect SIGINT / SIGTERM in a list instead of dying mid-step (training) or mid-evaluation; the previous
+    handlers come back after. Not enabled: an empty list, the signals left as they are."""
+    received = []
+    signals = (signal.SIGINT, signal.SIGTERM) if enabled else ()
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in signals}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 # ---------------------------------------------------------------- the configuration, resolved once
 
 # The type of every config key, whatever a dict of config.py or a config.json says: the one check of a value's
@@ -537,6 +551,16 @@ def images_per_update(config):
     """Images in one update of the weights: a synchronous cluster averages a batch from every worker."""
     synchronous_workers = config['worker_replicas'] if config['num_ps_tasks'] and config['sync_replicas'] else 1
     return config['batch_size'] * synchronous_workers
+
+
+def steps_per_epoch(config, train_images):
+    """Global steps (updates of the weights) in an epoch of train_images images: what the schedules, the
+    checkpoints' epochs and the curves' epoch axis count in, written once into config.json."""
+    steps = train_images // images_per_update(config)
+    if steps == 0:
+        raise UserError(f'{train_images} training images make no step of {images_per_update(config)} images; '
+                        'lower --batch_size or train on more images')
+    return steps
 
 
 # ---------------------------------------------------------------- run folders and checkpoints

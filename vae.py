@@ -5,10 +5,11 @@ training, read top to bottom.
     python vae.py --fresh               # start over in a new run folder, keeping the old one
     python vae.py --z_dim 32            # any config key can be overridden
 
-Layers, encoder, decoder, likelihoods and KL; build_vae, the one graph builder that training, vae_inference.py,
-the tests and the benchmarks use; the training graph; the training loop (one loop, for one process and for a
-cluster worker); main. The data lives in datasets.py, several devices and machines in deploy.py, the command line,
-run folders and pictures in utils.py.
+The model first: layers, encoder, decoder, likelihoods and KL; build_vae, the one graph builder that training,
+vae_inference.py, the tests and the benchmarks use; the inference graph and a model restored in a session of its
+own (all that vae_inference.py uses). Then the training: the training graph, the saves, the training loop (one
+loop, for one process and for a cluster worker), main. The data lives in datasets.py, several devices and
+machines in deploy.py, the command line, run folders and pictures in utils.py.
 """
 import collections
 import contextlib
@@ -162,13 +163,23 @@ def decoded_image(logits, config):
     return tf.tanh(logits) if config['output_head'] == 'conv_tanh' else tf.sigmoid(logits)
 
 
+def fixed_decoder_variance(config):
+    """sigma^2 of the 'gaussian' decoder, kl_weight * D / 2 for D pixels: the variance under which the original
+    loss, MSE + kl_weight * KL, is kl_weight times the negative ELBO in nats, up to a constant (loss_scale)."""
+    return config['kl_weight'] * int(np.prod(utils.image_shape(config))) / 2
+
+
+def loss_scale(config):
+    """What one nat of the negative ELBO counts in the loss: kl_weight for 'gaussian' (the original's loss in
+    per-pixel MSE units, fixed_decoder_variance), 1 for the likelihoods whose loss is in nats."""
+    return config['kl_weight'] if config['likelihood'] == 'gaussian' else 1.0
+
+
 def decoder_log_variance(config):
-    """log sigma^2 of the Gaussian decoder: fixed at log(kl_weight * D / 2) for 'gaussian' (the variance under
-    which the original loss is the negative ELBO), a learned variable (per pixel or global) for
-    'gaussian_learned', floored at decoder_min_variance."""
-    pixels = int(np.prod(utils.image_shape(config)))
+    """log sigma^2 of the Gaussian decoder: fixed_decoder_variance for 'gaussian', a learned variable (per pixel
+    or global) for 'gaussian_learned', floored at decoder_min_variance."""
     if config['likelihood'] == 'gaussian':
-        return tf.constant(np.log(config['kl_weight'] * pixels / 2), tf.float32)
+        return tf.constant(np.log(fixed_decoder_variance(config)), tf.float32)
     shape = utils.image_shape(config) if config['decoder_variance'] == 'pixel' else []
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         raw = tf1.get_variable('log_variance', shape, initializer=tf1.zeros_initializer())
@@ -236,27 +247,30 @@ def kl_term(z_mean, z_std, free_bits):
     return tf.reduce_sum(tf.maximum(float(free_bits), tf.reduce_mean(kl_per_dimension(z_mean, z_std), axis=0)))
 
 
-# What build_vae computes on a batch of images.
+# What build_vae computes on a batch of images. Rate and distortion as in Alemi et al. 2018 (and TFP's VAE
+# example): the ELBO is -(distortion + rate), both in nats, whatever the loss's units.
 Endpoints = collections.namedtuple('Endpoints', [
     'z_mean', 'z_std',          # the posterior q(z|x) = N(z_mean, z_std^2), per image
     'z',                        # the latents decoded: train_samples samples of q(z|x) per image in training
                                 # (sample-major, posterior_samples), z_mean otherwise
     'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits), per z
-    'reconstruction_loss',      # mean squared error of the reconstructions
-    'kl',                       # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule)
+    'distortion',               # batch-mean -log p(x|z) in nats under the decoder likelihood, over the samples
+    'rate',                     # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule)
+    'mean_squared_error',       # of the reconstructions, per pixel (the 'gaussian' loss's distortion term)
     'loss',                     # what training minimises (build_vae's docstring)
 ])
 
 
 def build_vae(images, config, training, annealing=1.0):
-    """The VAE on a batch of images in [0, 1]. Training decodes train_samples reparameterised samples of q(z|x)
-    per image; inference decodes the posterior mean, so reconstructions are deterministic.
+    """The VAE on a batch of images in the data's pixel range (utils.pixel_range). Training decodes
+    train_samples reparameterised samples of q(z|x) per image; inference decodes the posterior mean, so
+    reconstructions are deterministic.
 
     With likelihood 'gaussian' the loss is the original's: per-pixel MSE + kl_weight * batch-mean KL, the
-    negative ELBO of a Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels), divided by D and up to
-    a constant. With 'gaussian_learned' or 'bernoulli' it is the batch mean of the negative ELBO in nats. The KL
-    term is multiplied by `annealing` (kl_annealing's weight in [0, 1]) and floored by free_bits; the
-    reconstruction term is averaged over the samples.
+    negative ELBO of a Gaussian decoder with fixed variance kl_weight * D / 2 (D pixels) times kl_weight
+    (loss_scale), up to a constant. With 'gaussian_learned' or 'bernoulli' it is the batch mean of the negative
+    ELBO in nats, distortion + rate. The KL term is multiplied by `annealing` (kl_annealing's factor in [0, 1])
+    and floored by free_bits; the distortion is averaged over the samples.
 
     Objective 'iwae' (Burda et al. 2015) adds the batch mean of mean_k(log w) - log mean_k(w), with log w =
     log p(x|z) + annealing * (log p(z) - log q(z|x)): that turns the ELBO into the negative importance-weighted
@@ -271,19 +285,20 @@ def build_vae(images, config, training, annealing=1.0):
         flat_images, z = images, z_mean
     logits = decoder(z, config, training)
     reconstruction = decoded_image(logits, config)
-    reconstruction_loss = tf.reduce_mean(tf.square(flat_images - reconstruction))
-    kl = tf.reduce_mean(kl_divergence(z_mean, z_std))
+    mean_squared_error = tf.reduce_mean(tf.square(flat_images - reconstruction))
+    rate = tf.reduce_mean(kl_divergence(z_mean, z_std))
     kl_loss = annealing * kl_term(z_mean, z_std, config['free_bits'] if training else 0)
     log_px = log_likelihood(flat_images, logits, config)
+    distortion = -tf.reduce_mean(log_px)
     if config['likelihood'] == 'gaussian':
-        loss = reconstruction_loss + config['kl_weight'] * kl_loss
+        loss = mean_squared_error + loss_scale(config) * kl_loss
     else:
-        loss = kl_loss - tf.reduce_mean(log_px)
+        loss = distortion + kl_loss
     if training and config['objective'] == 'iwae':
         log_weights = tf.reshape(log_px, [k, -1]) + annealing * log_prior_ratio
         gap = tf.reduce_mean(tf.reduce_mean(log_weights, 0) - log_mean_exp(log_weights, 0))
-        loss += (config['kl_weight'] if config['likelihood'] == 'gaussian' else 1.0) * gap
-    return Endpoints(z_mean, z_std, z, logits, reconstruction, reconstruction_loss, kl, loss)
+        loss += loss_scale(config) * gap
+    return Endpoints(z_mean, z_std, z, logits, reconstruction, distortion, rate, mean_squared_error, loss)
 
 
 def fixed_latents(config, count):
@@ -296,6 +311,7 @@ InferenceGraph = collections.namedtuple('InferenceGraph', [
     'images',                   # placeholder: a batch of images
     'reconstruction', 'z_mean', 'z_std',  # their posterior-mean reconstruction and posterior
     'negative_elbo',            # per image, a one-sample estimate in nats under the decoder likelihood
+    'kl_per_dimension',         # [batch, z_dim] KL(q(z_j|x) || N(0, 1)) in nats: the rate of each dimension
     'k', 'noise_seed',          # placeholders: samples per image, and the [2] seed of their noise
     'log_weights',              # [k, batch] importance log weights (importance_log_weights); the same seed
                                 # gives the same samples, whatever ran before
@@ -314,11 +330,12 @@ def build_inference_graph(config):
     decode_log_likelihood = lambda x, latents: log_likelihood(x, decoder(latents, config, training=False), config)
     z_sample = model.z_mean + model.z_std * tf.random.normal(tf.shape(model.z_mean))
     negative_elbo = kl_divergence(model.z_mean, model.z_std) - decode_log_likelihood(images, z_sample)
+    dimension_rates = kl_per_dimension(model.z_mean, model.z_std)
     noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(model.z_mean)], 0), noise_seed)
     log_weights = importance_log_weights(images, model.z_mean, model.z_std, decode_log_likelihood, noise)
     generation = decoded_image(decoder(z, config, training=False), config)
-    return InferenceGraph(images, model.reconstruction, model.z_mean, model.z_std, negative_elbo, k, noise_seed,
-                          log_weights, z, generation)
+    return InferenceGraph(images, model.reconstruction, model.z_mean, model.z_std, negative_elbo, dimension_rates,
+                          k, noise_seed, log_weights, z, generation)
 
 
 def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
@@ -330,7 +347,28 @@ def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
     return np.concatenate(batches)
 
 
+def restored_model(config, checkpoint=None, build=build_inference_graph):
+    """(session, outputs, saver): build(config)'s outputs (build_inference_graph's, by default) in a finalized graph
+    of their own, with a Saver of the model's variables alone (no step counter, no optimizer slots), and a
+    session holding checkpoint's weights (shape-checked, utils.restore_checkpoint) when one is given. What
+    vae_inference.py restores, exports and evaluates, and what scores a mixed-precision run in float32."""
+    graph = tf.Graph()
+    with graph.as_default():
+        outputs = build(config)
+        saver = tf1.train.Saver()
+    graph.finalize()
+    sess = tf1.Session(graph=graph, config=deploy.session_config(config))
+    if checkpoint:
+        try:
+            utils.restore_checkpoint(sess, saver, checkpoint, config)
+        except BaseException:
+            sess.close()
+            raise
+    return sess, outputs, saver
+
+
 # ---------------------------------------------------------------- training graph
+# Nothing below is needed to use a trained model: vae_inference.py uses the model above.
 
 def moving_average_updates(config):
     """One update per batch-norm moving average, towards the mean over towers of their batch moments (with
@@ -371,7 +409,7 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
     'train_op', 'finite',       # one update; whether this step's loss and gradients were finite
     'weights_finite',           # whether every float variable is finite (checked before each save)
     'global_step', 'step_after_update',  # the update count, and its value once this step's update is applied
-    'annealing', 'learning_rate',  # this step's KL weight (kl_annealing) and step size (learning_rate)
+    'annealing', 'learning_rate',  # this step's KL annealing factor (kl_annealing) and step size
     'summaries',                # the TensorBoard summaries of a step: scalars, and histograms of the posterior
     'optimizer',                # Adam (in SyncReplicasOptimizer on a synchronous cluster)
     'inference',                # build_inference_graph's outputs, sharing the weights
@@ -379,22 +417,21 @@ TrainingGraph = collections.namedtuple('TrainingGraph', [
 ])
 
 
-def build_training_graph(config, steps_per_epoch, feed_input=False, cluster=None):
-    """tf.data input, the training VAE on num_clones towers, Adam, the step counter, summaries and the inference
-    outputs in one graph. steps_per_epoch (in global steps) turns the step into the epoch the schedules follow.
-    feed_input=True replaces the tf.data input by a placeholder fed per step (for the benchmark). With a cluster
-    ({'ps': [...], 'worker': [...]}), this worker reads its own shard of the data, and with sync_replicas
-    the optimizer waits for a gradient from every worker before each update."""
+def build_training_graph(config, steps_per_epoch, train=None, cluster=None):
+    """tf.data input of `train` (load_dataset's), the training VAE on num_clones towers, Adam, the step counter,
+    summaries and the inference outputs in one graph. steps_per_epoch (in global steps) turns the step into the
+    epoch the schedules follow. train=None: a placeholder fed per step instead (for the benchmark and tests).
+    With a cluster ({'ps': [...], 'worker': [...]}), this worker reads its own shard of the data, and with
+    sync_replicas the optimizer waits for a gradient from every worker before each update."""
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
-    if feed_input:
+    if train is None:
         training_input = None
         images = tf1.placeholder(tf.float32, [config['batch_size'], *utils.image_shape(config)], name='images')
     else:
-        training_input = datasets.input_pipeline(config, (len(cluster['worker']), config['task']) if cluster else None)
+        training_input = datasets.input_pipeline(config, train,
+                                                 (len(cluster['worker']), config['task']) if cluster else None)
         images = training_input.images
-    model_input = images
-    if config['binarize']:  # dynamic binarisation: a fresh Bernoulli(intensity) draw of every pixel at every step
-        model_input = tf.cast(tf.random.uniform(tf.shape(images)) < images, tf.float32)
+    model_input = datasets.training_batch(config, images)
 
     global_step = tf1.train.get_or_create_global_step()
     epoch = tf.cast(global_step, tf.float32) / steps_per_epoch
@@ -422,10 +459,11 @@ def build_training_graph(config, steps_per_epoch, feed_input=False, cluster=None
                                    *[tf1.summary.scalar(f'kl_dimension/{i:03d}', kl_dimensions[i])
                                      for i in range(config['z_dim'])],
                                    tf1.summary.scalar('loss', endpoints.loss),
-                                   tf1.summary.scalar('reconstruction_loss', endpoints.reconstruction_loss),
-                                   tf1.summary.scalar('kl', endpoints.kl),
-                                   tf1.summary.scalar('kl_weight', annealing * (config['kl_weight'] if
-                                                      config['likelihood'] == 'gaussian' else 1.0)),
+                                   tf1.summary.scalar('distortion', endpoints.distortion),
+                                   tf1.summary.scalar('rate', endpoints.rate),
+                                   tf1.summary.scalar('mean_squared_error', endpoints.mean_squared_error),
+                                   # the KL term's multiplier in the loss: the annealing times loss_scale
+                                   tf1.summary.scalar('kl_coefficient', annealing * loss_scale(config)),
                                    tf1.summary.scalar('learning_rate', step_size)])
     inference = build_inference_graph(config)
     weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(variable)) for variable in tf1.global_variables()
@@ -453,18 +491,13 @@ def save_grids(sess, model, config, epoch, fixed_images, latents, writer):
 
 
 def float32_restorer(config):
-    """restore(checkpoint) -> (session, InferenceGraph): a float32 inference graph with its own session, for the
-    test ELBO of a mixed-precision run (its training session runs under the rewrite), restored from each
-    checkpoint as it is saved (which also shows that checkpoint restores in float32)."""
-    graph = tf.Graph()
-    with graph.as_default():
-        inference = build_inference_graph(config)
-        saver = tf1.train.Saver()  # the model's variables: no step counter, no optimizer slots
-    graph.finalize()
-    sess = tf1.Session(graph=graph, config=deploy.session_config(config))
+    """restore(checkpoint) -> (session, InferenceGraph): a float32 restored_model, for the test ELBO of a
+    mixed-precision run (its training session runs under the rewrite), restored from each checkpoint as it is
+    saved (which also shows that checkpoint restores in float32)."""
+    sess, inference, saver = restored_model(config)
 
     def restore(checkpoint):
-        saver.restore(sess, checkpoint)
+        utils.restore_checkpoint(sess, saver, checkpoint, config)
         return sess, inference
     return restore
 
@@ -539,32 +572,22 @@ def save_interrupted(sess, model, config, step):
 
 # ---------------------------------------------------------------- training loop
 
-@contextlib.contextmanager
-def stop_requests(enabled=True):
-    """Collect SIGINT / SIGTERM in a list instead of dying mid-step; the previous handlers come back after.
-    Not enabled: an empty list, the signals left as they are."""
-    received = []
-    signals = (signal.SIGINT, signal.SIGTERM) if enabled else ()
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in signals}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+EPOCH_LINE_TERMS = ('loss', 'distortion', 'rate')  # the Endpoints the epoch line averages, in its order
 
 
-def epoch_line(epoch, mean, images_per_second, kl_weight=None):
-    """The line printed after each epoch (the benchmarks and tests read it): mean loss, reconstruction, KL, and
-    with a KL schedule the weight of the epoch's last step."""
-    return (f'epoch {epoch:3d}  loss {mean[0]:.5f}  reconstruction {mean[1]:.5f}  kl {mean[2]:.3f}  '
-            f'{images_per_second:.0f} images/s' + ('' if kl_weight is None else f'  kl weight {kl_weight:.4f}'))
+def epoch_line(epoch, mean, images_per_second, annealing=None):
+    """The line printed after each epoch (the benchmarks and tests read it): the epoch's mean loss, distortion
+    and rate (nats), and with a KL schedule the annealing factor of its last step."""
+    return (f'epoch {epoch:3d}  loss {mean[0]:.5f}  distortion {mean[1]:.3f}  rate {mean[2]:.3f}  '
+            f'{images_per_second:.0f} images/s' + ('' if annealing is None else f'  kl annealing {annealing:.4f}'))
 
 
 # What differs between one process and a cluster worker, for the one training loop.
 Role = collections.namedtuple('Role', [
     'chief',            # writes checkpoints, summaries, grids and config.json, and handles SIGINT / SIGTERM
     'steps_per_epoch', 'last_step',  # in global steps (updates of the weights)
-    'start_epoch',      # start_epoch(session, epoch, position): initialise the input at a step of an epoch
+    'restarts_input',   # one process starts its input at each epoch (TrainingInput.feed); a cluster worker's
+                        # endless shard is started with its session
     'label',            # appended to the epoch line: '' or ' on worker <task>'
     'resume_hint',      # how to go on after a SIGINT / SIGTERM save
     'restart_hint',     # how to go on after a non-finite stop
@@ -589,15 +612,16 @@ def training_loop(sess, model, config, data, role, stop_signal):
     writer = tf1.summary.FileWriter(utils.run_path(config, 'log_directory'), model.global_step.graph) \
         if role.chief else None
     evaluation = evaluation_set(config, data) if role.chief else None
-    endpoints = model.endpoints
-    fetches = [model.train_op, model.finite, endpoints.loss, endpoints.reconstruction_loss, endpoints.kl,
-               model.step_after_update, model.annealing]
+    fetches = {'train': model.train_op, 'finite': model.finite, 'step': model.step_after_update,
+               'annealing': model.annealing,
+               'terms': [getattr(model.endpoints, term) for term in EPOCH_LINE_TERMS]}
     scheduled = config['kl_schedule'] != 'constant'
-    epoch_losses, totals, steps_run, steps_here = [], np.zeros(3), 0, 0
+    epoch_losses, totals, steps_run, steps_here = [], np.zeros(len(EPOCH_LINE_TERMS)), 0, 0
     next_summary = -(-step // every) * every  # summaries at every multiple of summary_every that a step starts at
 
     def begin_epoch(epoch, position):  # the input at this step of the epoch, its clock and its progress bar
-        role.start_epoch(sess, epoch, position)
+        if role.restarts_input:
+            sess.raw(lambda s: s.run(model.input.initializer, model.input.feed(epoch, position)))
         return time.perf_counter(), tqdm(total=per_epoch, initial=position, desc=f'epoch {epoch}', leave=False,
                                          file=sys.stdout, disable=None)
 
@@ -605,13 +629,13 @@ def training_loop(sess, model, config, data, role, stop_signal):
     try:
         while step < role.last_step and not sess.should_stop():
             summarise = role.chief and step >= next_summary
-            values = sess.run(fetches + [model.summaries] if summarise else fetches)
-            finite, losses, new_step, annealing = values[1], values[2:5], int(values[5]), values[6]
-            if not finite:
+            values = sess.run({**fetches, 'summaries': model.summaries} if summarise else fetches)
+            losses, new_step = np.array(values['terms']), int(values['step'])
+            if not values['finite']:
                 raise non_finite_error(config, role, f'the loss or its gradients became non-finite (loss {losses[0]})',
                                        step)
             if summarise:
-                writer.add_summary(values[7], step)
+                writer.add_summary(values['summaries'], step)
                 next_summary = (step // every + 1) * every
             totals, steps_run, steps_here = totals + losses, steps_run + 1, steps_here + 1
             interrupted = bool(stop_signal)  # during this step; one during the saves below waits for the next step
@@ -627,12 +651,12 @@ def training_loop(sess, model, config, data, role, stop_signal):
                 if steps_run:
                     epoch_losses.append(totals[0] / steps_run)
                     images_per_second = steps_run * config['batch_size'] / (time.perf_counter() - start)
-                    print(epoch_line(epoch, totals / steps_run, images_per_second, annealing if scheduled else None)
-                          + role.label, flush=True)
+                    print(epoch_line(epoch, totals / steps_run, images_per_second,
+                                     values['annealing'] if scheduled else None) + role.label, flush=True)
                 if role.chief and saves_after(config, epoch):
                     sess.raw(lambda s: save_epoch(s, model, config, evaluation, epoch, writer,
                                                   lambda what: non_finite_error(config, role, what, step)))
-                totals, steps_run = np.zeros(3), 0
+                totals, steps_run = np.zeros(len(EPOCH_LINE_TERMS)), 0
                 start, bar = begin_epoch(epoch + 1, 0) if new_step < role.last_step else (start, bar)
             step = new_step
             if interrupted:
@@ -647,25 +671,20 @@ def training_loop(sess, model, config, data, role, stop_signal):
 
 
 def session_and_role(config, data, graph, model, cluster, server, checkpoint, steps_per_epoch):
-    """The session this process trains in and its Role: one process re-initialises its input at each epoch
-    (seeded by the epoch, so a resumed run sees the same order as an unbroken one); a cluster worker's input is
-    its endless shard, started with the session."""
+    """The session this process trains in and its Role: one process starts its input at each epoch; a cluster
+    worker's input is its endless shard, started with the session."""
     last_step = config['num_epoch'] * steps_per_epoch
     if not cluster:
-        start_epoch = lambda sess, epoch, position: sess.raw(lambda s: s.run(model.input.iterator.initializer, {
-            model.input.train_data: data['train'], model.input.shuffle_seed: config['seed'] * 100003 + epoch,
-            model.input.skip_batches: position}))
         return deploy.local_session(config, graph, model, checkpoint), Role(
-            True, steps_per_epoch, last_step, start_epoch, '', 'run the same command to resume from there',
+            True, steps_per_epoch, last_step, True, '', 'run the same command to resume from there',
             'run again to resume from it')
-    task, workers = config['task'], len(cluster['worker'])
-    shard_feed = {model.input.train_data: data['train'], model.input.shuffle_seed: config['seed'] * 100003 + task}
+    task, workers, chief = config['task'], len(cluster['worker']), deploy.is_chief(config, cluster)
     restart = ' after the parameter servers (synchronous mode)' if config['sync_replicas'] else ''
-    print(f'worker {task} of {workers} ({"chief" if task == 0 else "not chief"}) on {cluster["worker"][task]}: '
+    print(f'worker {task} of {workers} ({"chief" if chief else "not chief"}) on {cluster["worker"][task]}: '
           f'{len(data["train"])} images, {steps_per_epoch} steps of {utils.images_per_update(config)} '
           f'images an epoch, {"synchronous" if config["sync_replicas"] else "asynchronous"} updates', flush=True)
-    return deploy.cluster_session(config, cluster, server, graph, model, checkpoint, last_step, shard_feed), Role(
-        task == 0, steps_per_epoch, last_step, lambda sess, epoch, position: None, f' on worker {task}',
+    return deploy.cluster_session(config, cluster, server, graph, model, checkpoint, last_step), Role(
+        chief, steps_per_epoch, last_step, False, f' on worker {task}',
         f'start the chief again{restart} to resume from there', 'start the cluster again')
 
 
@@ -698,11 +717,8 @@ def train(config, data, cluster=None):
         raise UserError(f'iwae_start_epoch {config["iwae_start_epoch"]} needs one process (a cluster cannot rebuild '
                         f'its graphs together); train the cluster with --objective elbo --num_epoch '
                         f'{config["iwae_start_epoch"]}, then again with --objective iwae --iwae_start_epoch 0')
-    chief = cluster is None or config['task'] == 0
-    steps_per_epoch = len(data['train']) // utils.images_per_update(config)
-    if steps_per_epoch == 0:
-        raise UserError(f'{len(data["train"])} training images make no step of {utils.images_per_update(config)} '
-                        'images; lower --batch_size or train on more images')
+    chief = deploy.is_chief(config, cluster)
+    steps_per_epoch = utils.steps_per_epoch(config, len(data['train']))
     if chief:
         utils.check_epoch_length(config, steps_per_epoch)
     print(deploy.precision_line(config), flush=True)
@@ -716,7 +732,7 @@ def train(config, data, cluster=None):
               f'epoch {config["iwae_start_epoch"]}, iwae_start_epoch)', flush=True)
     epoch_losses = []
     # One collection of SIGINT / SIGTERM for every phase: a signal between two phases is taken at the next step.
-    with stop_requests(enabled=chief) as stop_signal:
+    with utils.stop_requests(enabled=chief) as stop_signal:
         for phase in phases:
             if len(phases) > 1 and phase is config:
                 print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
@@ -731,7 +747,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
     a phase that is not the last and has ended returns at once."""
     graph = tf.Graph()
     with graph.as_default(), deploy.variable_placement(phase, cluster):
-        model = build_training_graph(phase, steps_per_epoch, cluster=cluster)
+        model = build_training_graph(phase, steps_per_epoch, data['train'], cluster)
     with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
         checkpoint = resume_point(phase) if chief else None
         session, role = session_and_role(phase, data, graph, model, cluster, server, checkpoint, steps_per_epoch)

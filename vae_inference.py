@@ -30,7 +30,6 @@ import numpy as np
 from tqdm import tqdm
 
 import datasets
-import deploy
 import fid
 import utils
 import vae
@@ -73,17 +72,7 @@ def restore(config, checkpoint=None):
         raise UserError(f'{checkpoints[checkpoint]} cannot be read ({problem}); '
                         + (f'pass --checkpoint {earlier[-1]} for the newest earlier one' if earlier else
                            'train again with python vae.py'))
-    graph = tf.Graph()
-    with graph.as_default():
-        outputs = vae.build_inference_graph(config)
-        saver = tf1.train.Saver()
-    graph.finalize()
-    sess = tf1.Session(graph=graph, config=deploy.session_config(config))
-    try:
-        utils.restore_checkpoint(sess, saver, checkpoints[checkpoint], config)
-    except UserError:
-        sess.close()
-        raise
+    sess, outputs, _ = vae.restored_model(config, checkpoints[checkpoint])
     print(f'restored {checkpoints[checkpoint]}')
     return sess, outputs, checkpoint
 
@@ -107,7 +96,7 @@ def interleave_rows(originals, reconstructions, columns):
 # ---------------------------------------------------------------- numbers
 
 def log_mean_exp(values, axis=0):
-    """log(mean(exp(values))) along axis, without overflow or underflow."""
+    """log(mean(exp(values))) along axis, without overflow or underflow (vae.log_mean_exp, in float64 numpy)."""
     peak = np.max(values, axis=axis, keepdims=True)
     return np.squeeze(peak, axis) + np.log(np.mean(np.exp(values - peak), axis=axis))
 
@@ -155,7 +144,7 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
 
     interactive = sys.stdout.isatty()
     last_save = time.monotonic()
-    with vae.stop_requests(enabled=progress_path is not None) as stop_signal, \
+    with utils.stop_requests(enabled=progress_path is not None) as stop_signal, \
             tqdm(total=len(images) * k, initial=done * k, unit='sample', desc=f'IWAE k={k}', file=sys.stdout,
                  mininterval=0.5 if interactive else 60, unit_scale=True, dynamic_ncols=True) as bar:
         def keep_progress():  # every SAVE_SECONDS and on a signal: save the images done; on a signal, stop there
@@ -187,11 +176,6 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
     return elbo, iwae
 
 
-def kl_terms(z_mean, z_std):
-    """KL(N(z_mean, z_std^2) || N(0, 1)) of each latent dimension of each image (vae.kl_divergence, in numpy)."""
-    return 0.5 * (np.square(z_mean) + np.square(z_std) - 2 * np.log(z_std) - 1)
-
-
 def active_units(z_means, threshold=ACTIVE_UNIT_VARIANCE):
     """Latent dimensions whose posterior mean varies over the data by more than threshold (Burda et al.)."""
     return int(np.sum(np.var(z_means, axis=0) > threshold))
@@ -211,10 +195,8 @@ def bits_per_dim(nats, config):
 
 
 def decoder_description(config):
-    pixels = int(np.prod(utils.image_shape(config)))
     if config['likelihood'] == 'gaussian':
-        variance = config['kl_weight'] * pixels / 2
-        return f'gaussian, fixed variance sigma^2 = kl_weight * D / 2 = {variance:.4g}'
+        return f'gaussian, fixed variance sigma^2 = kl_weight * D / 2 = {vae.fixed_decoder_variance(config):.4g}'
     if config['likelihood'] == 'gaussian_learned':
         return f'gaussian, learned {config["decoder_variance"]} variance'
     return 'bernoulli' + (' (fixed seeded binarisation of the test set)' if config['binarize'] else '')
@@ -223,10 +205,10 @@ def decoder_description(config):
 def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension). progress_path:
     where the IWAE bound's progress is kept, for the weights of that digest (importance_weighted_bound)."""
-    z_means, z_stds, reconstructions = vae.run_in_batches(
-        sess, [outputs.z_mean, outputs.z_std, outputs.reconstruction], outputs.images, images)
+    z_means, rates, reconstructions = vae.run_in_batches(
+        sess, [outputs.z_mean, outputs.kl_per_dimension, outputs.reconstruction], outputs.images, images)
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
-    kl = kl_terms(z_means, z_stds).sum(axis=1)
+    kl = rates.sum(axis=1)
     elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k, progress_path, weights)
     low, high = utils.pixel_range(config)
     peak = high - low  # PSNR's peak signal: 1 for MNIST in [0, 1], 2 for CelebA in [-1, 1]
@@ -281,9 +263,9 @@ def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
     return np.concatenate(pictures)
 
 
-def kl_per_dimension(sess, outputs, images):
-    z_mean, z_std = sess.run([outputs.z_mean, outputs.z_std], {outputs.images: images})
-    return kl_terms(z_mean, z_std).mean(axis=0)
+def dimension_rates(sess, outputs, images):
+    """The rate of each latent dimension: its KL(q(z_j|x) || N(0, 1)) in nats, averaged over images."""
+    return sess.run(outputs.kl_per_dimension, {outputs.images: images}).mean(axis=0)
 
 
 def traversal_grid(sess, outputs, images, dimensions):
@@ -335,9 +317,13 @@ def save_scatter(path, z_means, labels, title):
         plt.close(figure)
 
 
+# Scalars of logs written before their names changed: {old tag: tag}.
+RENAMED_TAGS = {'reconstruction_loss': 'mean_squared_error', 'kl': 'rate', 'kl_weight': 'kl_coefficient'}
+
+
 def read_training_curves(log_directory):
-    """{tag: (steps, values)} of the scalar summaries in a run's TensorBoard logs; a step logged twice (a run
-    resumed after a crash) keeps its latest value."""
+    """{tag: (steps, values)} of the scalar summaries in a run's TensorBoard logs (older tags under their new names,
+    RENAMED_TAGS); a step logged twice (a run resumed after a crash) keeps its latest value."""
     curves = {}
     verbosity = tf1.logging.get_verbosity()
     tf1.logging.set_verbosity(tf1.logging.ERROR)  # summary_iterator's deprecation notice is not for our users
@@ -347,7 +333,8 @@ def read_training_curves(log_directory):
                 for event in tf1.train.summary_iterator(path):
                     for value in event.summary.value:
                         if value.HasField('simple_value'):
-                            curves.setdefault(value.tag, {})[event.step] = value.simple_value
+                            tag = RENAMED_TAGS.get(value.tag, value.tag)
+                            curves.setdefault(tag, {})[event.step] = value.simple_value
             except tf.errors.OpError as error:  # a file cut short by a kill: what was read before stays
                 print(f'warning: {path} ends in a damaged record ({error.message.strip().splitlines()[0]}); '
                       'using the events before it')
@@ -357,18 +344,39 @@ def read_training_curves(log_directory):
             for tag, points in curves.items()}
 
 
-def save_training_curves(path, curves, steps_per_epoch):
+def epoch_curves(config):
+    """{tag: (epochs, values)} of the run's scalar summaries (no checkpoint needed): each global step as a
+    fractional epoch, at the run's steps_per_epoch (config.json's; for a folder from before it recorded that,
+    the newest model_<N>'s step, which ends epoch N)."""
+    curves = read_training_curves(utils.run_path(config, 'log_directory'))
+    if 'loss' not in curves:
+        raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
+                        'train first with python vae.py')
+    steps_per_epoch = config.get('steps_per_epoch')
+    if steps_per_epoch is None:
+        checkpoints = utils.list_checkpoints(utils.run_path(config, 'model_directory'))
+        step = utils.checkpoint_step(checkpoints[max(checkpoints)]) if checkpoints else None
+        if step is None:
+            raise UserError(f'{config["run_directory"]}/config.json does not record steps_per_epoch and no '
+                            'model_<N> checkpoint gives it; the curves need one of them')
+        steps_per_epoch = step // (max(checkpoints) + 1)
+    return {tag: (steps / steps_per_epoch, values) for tag, (steps, values) in curves.items()}
+
+
+def save_training_curves(path, curves):
+    """The loss, the distortion (older logs: the MSE), the rate and the test negative ELBO over epochs."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    tags = [tag for tag in ('loss', 'reconstruction_loss', 'kl', 'test_negative_elbo_nats') if tag in curves]
+    distortion = 'distortion' if 'distortion' in curves else 'mean_squared_error'
+    tags = [tag for tag in ('loss', distortion, 'rate', 'test_negative_elbo_nats') if tag in curves]
     figure, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.5), squeeze=False)
     for axis, tag in zip(axes[0], tags):
-        steps, values = curves[tag]
-        axis.plot(steps / steps_per_epoch, values, linewidth=1)
+        epochs, values = curves[tag]
+        axis.plot(epochs, values, linewidth=1)
         axis.set_title(tag.replace('_', ' '))
         axis.set_xlabel('epoch')
-        if tag != 'kl' and np.all(values > 0):
+        if tag != 'rate' and np.all(values > 0):
             axis.set_yscale('log')
     figure.tight_layout()
     try:
@@ -465,16 +473,8 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
 
 def write_curves(config):
     """training_curves.png from the run's TensorBoard logs (no checkpoint needed), on an axis of epochs."""
-    curves = read_training_curves(utils.run_path(config, 'log_directory'))
-    if 'loss' not in curves:
-        raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
-                        'train first with python vae.py')
-    steps_per_epoch = config.get('steps_per_epoch')
-    if steps_per_epoch is None:  # a run folder from before config.json recorded it
-        steps_per_epoch = len(datasets.load_dataset(config, training=False)['train']) // \
-            utils.images_per_update(config)
     path = os.path.join(config['run_directory'], 'training_curves.png')
-    save_training_curves(path, curves, steps_per_epoch)
+    save_training_curves(path, epoch_curves(config))
     print(f'wrote {path}')
 
 
@@ -561,12 +561,8 @@ def export_run(config, epoch, folder):
     def build(temporary):
         inside = {**config, 'run_directory': temporary}
         utils.make_run_folders(inside)
-        graph = tf.Graph()
-        with graph.as_default():
-            vae.build_inference_graph(config)
-            saver = tf1.train.Saver()  # the model's variables only
-        with tf1.Session(graph=graph) as sess:
-            utils.restore_checkpoint(sess, saver, source, config)
+        sess, _, saver = vae.restored_model(config, source)  # the model's variables only
+        with sess:
             saver.save(sess, os.path.join(utils.run_path(inside, 'model_directory'), f'model_{epoch}'),
                        write_meta_graph=False, write_state=False)
         utils.write_atomically(os.path.join(temporary, 'config.json'), lambda f: json.dump(record, f, indent=2),
@@ -612,7 +608,7 @@ def resumable_features(extract, make_images, count, config, progress_path, ident
         except Exception as error:  # whatever a damaged file raises in numpy's reader
             print(f'warning: {progress_path} is damaged ({type(error).__name__}); starting afresh')
     last_save = time.monotonic()
-    with vae.stop_requests() as stop_signal, \
+    with utils.stop_requests() as stop_signal, \
             tqdm(total=count, initial=done, unit='image', desc=f'Inception, {what}', file=sys.stdout,
                  mininterval=0.5 if sys.stdout.isatty() else 60, dynamic_ncols=True) as bar:
         while done < count:
@@ -667,7 +663,7 @@ def training_images(config, data, count):
     """The first count training images as the model sees them (binarised once, like the test set)."""
     train = data['train'][:count]
     if config['dataset'] == 'celebA':  # file names: decode them as the training input does
-        train = datasets.decode_celeba_files(list(train), config).astype(np.float32) / 127.5 - 1.0
+        train = datasets.celeba_pixels(datasets.decode_celeba_files(list(train), config))
     return datasets.evaluation_images(config, train)
 
 
@@ -784,8 +780,8 @@ def main(argv):
             write_grid(config, 'interpolation', epoch, interpolation_grid(sess, outputs, test_images, rows), rows,
                        GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
         if options['traverse']:
-            kl = kl_per_dimension(sess, outputs, test_images[:1000])
-            dimensions = np.argsort(-kl)[:TRAVERSE_DIMENSIONS]
+            rates = dimension_rates(sess, outputs, test_images[:1000])
+            dimensions = np.argsort(-rates)[:TRAVERSE_DIMENSIONS]
             write_grid(config, 'traversal', epoch, traversal_grid(sess, outputs, test_images, dimensions),
                        len(dimensions), TRAVERSE_STEPS,
                        f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')

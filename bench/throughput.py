@@ -84,21 +84,20 @@ def matmul_gflops(config, n=2048, repeats=20):
 
 def pil_batch(paths, config):
     """The original's input: one batch of JPEGs opened, cropped and resized with PIL in the training thread."""
-    return np.stack([datasets.crop_celeba_pil(path, config) for path in paths]).astype(np.float32) / 127.5 - 1.0
+    return datasets.celeba_pixels(np.stack([datasets.crop_celeba_pil(path, config) for path in paths]))
 
 
 def time_steps(config, data, mode, repeats, steps):
     """Images/s of each of `repeats` timed runs of `steps` training steps, after up to 20 untimed steps."""
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
-    with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'],
-                                         feed_input=mode == 'feed_dict')
-    graph.finalize()
     train = data['train']  # what the input pipeline is fed
+    per_epoch = utils.steps_per_epoch(config, len(train))
+    with tf.Graph().as_default() as graph:
+        model = vae.build_training_graph(config, per_epoch, train if mode == 'tf.data' else None)
+    graph.finalize()
     batch_size = config['batch_size']
-    per_epoch = len(train) // batch_size
-    fetches = [model.train_op, model.endpoints.loss, model.endpoints.reconstruction_loss, model.endpoints.kl]
+    fetches = [model.train_op, model.endpoints.loss, model.endpoints.distortion, model.endpoints.rate]
     losses = []
     state = {'position': per_epoch, 'epoch': 0, 'order': None}
 
@@ -106,8 +105,7 @@ def time_steps(config, data, mode, repeats, steps):
         if state['position'] == per_epoch:  # a new epoch, as vae.train starts one
             state['epoch'], state['position'] = state['epoch'] + 1, 0
             if mode == 'tf.data':
-                sess.run(model.input.iterator.initializer, {model.input.train_data: train,
-                                                            model.input.shuffle_seed: state['epoch']})
+                sess.run(model.input.initializer, model.input.feed(state['epoch'], 0))
             state['order'] = np.random.RandomState(state['epoch']).permutation(len(train))
         if mode == 'tf.data':
             losses.append(sess.run(fetches)[1])
@@ -140,13 +138,12 @@ def time_input(config, data, mode, images=2048):
         for i in range(0, len(paths), config['batch_size']):
             pil_batch(paths[i:i + config['batch_size']], config)
         return len(paths) / (time.perf_counter() - start)
+    train = np.concatenate([data['train']] * -(-images // len(data['train'])))[:images]
     with tf.Graph().as_default() as graph:
-        training_input = datasets.input_pipeline(config)
+        training_input = datasets.input_pipeline(config, train)
     graph.finalize()
     with tf1.Session(graph=graph, config=deploy.session_config(config)) as sess:
-        train = np.concatenate([data['train']] * -(-images // len(data['train'])))[:images]
-        sess.run(training_input.iterator.initializer, {training_input.train_data: train,
-                                                       training_input.shuffle_seed: 0})
+        sess.run(training_input.initializer, training_input.feed(0, 0))
         sess.run(training_input.images)  # start-up (the shuffle buffer, the threads) is not the rate
         start, count = time.perf_counter(), 0
         while True:
@@ -202,12 +199,11 @@ def rewritten_ops(config):
     precision's rewrite (the partition graphs of a traced step)."""
     data = datasets.load_dataset(config)
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'])
+        model = vae.build_training_graph(config, utils.steps_per_epoch(config, len(data['train'])), data['train'])
     graph.finalize()
     with tf1.Session(graph=graph, config=deploy.session_config(config, training=True)) as sess:
         sess.run(model.init)
-        sess.run(model.input.iterator.initializer, {model.input.train_data: data['train'],
-                                                    model.input.shuffle_seed: 0})
+        sess.run(model.input.initializer, model.input.feed(0, 0))
         metadata = tf1.RunMetadata()
         sess.run(model.train_op, options=tf1.RunOptions(output_partition_graphs=True), run_metadata=metadata)
     nodes = [node for partition in metadata.partition_graphs for node in partition.node]
@@ -309,7 +305,7 @@ def main(argv):
         argv = ['--data_directory', folder, '--celebA_cache_directory', os.path.join(folder, '..', 'cache')] + argv
     config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     if not options['steps']:
-        options['steps'] = 4 if celeba else len(datasets.load_dataset(config)['train']) // config['batch_size']
+        options['steps'] = 4 if celeba else utils.steps_per_epoch(config, len(datasets.load_dataset(config)['train']))
         argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
         return run_case(config, options)

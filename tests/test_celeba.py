@@ -105,10 +105,9 @@ def test_training_input_is_in_minus_one_to_one(celeba):
     config = celeba_config(celeba)
     data = datasets.load_dataset(config)
     with utils.tf.Graph().as_default():
-        training_input = datasets.input_pipeline(config)
+        training_input = datasets.input_pipeline(config, data['train'])
         with utils.tf1.Session() as sess:
-            sess.run(training_input.iterator.initializer, {training_input.train_data: data['train'],
-                                                           training_input.shuffle_seed: 0})
+            sess.run(training_input.initializer, training_input.feed(0, 0))
             batch = sess.run(training_input.images)
     assert batch.shape == (8, 64, 64, 3)
     assert -1 <= batch.min() < -0.9 and 0.9 < batch.max() <= 1

@@ -118,12 +118,12 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     # lies between the epoch's first step and the next epoch's last.
     steps_per_epoch = total_steps // 12
     for name in ('chief', 'worker1', 'again'):
-        for epoch, weight in re.findall(r'^epoch +(\d+) .* kl weight (\S+)', output[name], re.M):
+        for epoch, weight in re.findall(r'^epoch +(\d+) .* kl annealing (\S+)', output[name], re.M):
             last = min(1, ((int(epoch) + 1) * steps_per_epoch - 1) / (4 * steps_per_epoch))
             first, next_last = min(1, int(epoch) / 4), min(1, (int(epoch) + 2) / 4)
             assert (abs(float(weight) - last) < 1e-4 if sync == 'true' else first <= float(weight) <= next_last), \
                 (name, epoch, weight, last)
-    assert re.search(r'kl weight', output['worker1'] + output['again'])
+    assert re.search(r'kl annealing', output['worker1'] + output['again'])
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
     assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']
     assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, 6, 9, 11]  # the chief alone saved
@@ -132,6 +132,11 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     result = run_script('vae_inference.py', *TINY, '--run_directory', run)
     assert result.returncode == 0, result.stderr
     assert 'restored' in result.stdout and 'model_11' in result.stdout
+    # The curves' epoch axis counts the run's epochs (global steps over config.json's steps_per_epoch), not a
+    # worker's batches: the loss logged every 10 steps ends in the 12th epoch.
+    config, _ = utils.parse_command_line([*TINY, '--run_directory', str(run)], from_run=True)
+    epochs, _ = vae_inference.epoch_curves(config)['loss']
+    assert 11 <= epochs.max() < 12 and epochs.min() == 0, epochs
 
 
 @pytest.mark.parametrize('sync', ['true', 'false'])

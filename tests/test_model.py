@@ -1,4 +1,5 @@
 """The graph: layer shapes, the KL term, learning on real MNIST, checkpoints and seeding."""
+import ast
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import tensorflow as tf
 import utils
 import vae
 import vae_inference
-from conftest import subset, tiny_config
+from conftest import ROOT, subset, tiny_config
 
 tf1 = tf.compat.v1
 
@@ -68,11 +69,11 @@ def test_restored_checkpoint_reproduces_reconstructions_bit_for_bit(tmp_path, mn
     data = subset(mnist, 640)
     images = mnist['test_images'][:50]
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'])
+        model = vae.build_training_graph(config, len(data['train']) // config['batch_size'], data['train'])
     graph.finalize()
     with tf1.Session(graph=graph) as sess:
         sess.run(model.init)
-        sess.run(model.input.iterator.initializer, {model.input.train_data: data['train'], model.input.shuffle_seed: 0})
+        sess.run(model.input.initializer, model.input.feed(0, 0))
         for _ in range(10):  # move the weights and the batch-norm moving averages away from their initial values
             sess.run(model.train_op)
         inference = model.inference
@@ -94,3 +95,21 @@ def test_same_seed_gives_the_same_first_epoch_loss(tmp_path, mnist):
     other_seed = vae.train(tiny_config(tmp_path / 'c', '--num_epoch', '1', '--seed', '1'), data)
     assert first == second
     assert first != other_seed
+
+
+def test_restoring_and_using_a_model_needs_only_the_model_part_of_vae_py():
+    """vae_inference.py and fid.py use vae.py's model (above its training section) and nothing of the trainer."""
+    tree = ast.parse(open(os.path.join(ROOT, 'vae.py')).read())
+    seam = next(number for number, line in enumerate(open(os.path.join(ROOT, 'vae.py')), 1)
+                if line.startswith('# ----') and 'training graph' in line)
+    trainer = set()
+    for node in tree.body:
+        if node.lineno > seam:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+                [target.id for target in getattr(node, 'targets', []) if isinstance(target, ast.Name)]
+            trainer.update(names)
+    assert {'train', 'training_loop', 'build_training_graph', 'save_epoch', 'Role'} <= trainer
+    for script in ('vae_inference.py', 'fid.py'):
+        used = {node.attr for node in ast.walk(ast.parse(open(os.path.join(ROOT, script)).read()))
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'vae'}
+        assert not used & trainer, (script, used & trainer)

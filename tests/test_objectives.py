@@ -22,7 +22,7 @@ BERNOULLI = ['--likelihood', 'bernoulli', '--binarize', 'true']
 def values_at_steps(config, steps_per_epoch, steps):
     """(KL weight, learning rate) of the training graph at each global step."""
     with tf.Graph().as_default():
-        model = vae.build_training_graph(config, steps_per_epoch, feed_input=True)
+        model = vae.build_training_graph(config, steps_per_epoch)
         step = tf1.placeholder(tf.int64, [])
         assign = tf1.assign(model.global_step, step)
         with tf1.Session() as sess:
@@ -56,11 +56,11 @@ def test_a_resumed_run_goes_on_with_the_schedule_where_it_stopped(tmp_path, mnis
     args = ['--kl_schedule', 'linear', '--kl_warmup_epochs', '3', '--summary_every', '1']
     vae.train(tiny_config(tmp_path / 'run', *args, '--num_epoch', '1'), data)
     vae.train(tiny_config(tmp_path / 'run', *args, '--num_epoch', '4'), data)  # resumes at step 10
-    steps, weights = vae_inference.read_training_curves(str(tmp_path / 'run' / 'logs'))['kl_weight']
+    steps, weights = vae_inference.read_training_curves(str(tmp_path / 'run' / 'logs'))['kl_coefficient']
     assert list(steps) == list(range(40))
     # For the gaussian likelihood the logged weight is the one in the loss: schedule x kl_weight.
     assert np.allclose(weights, np.minimum(1, steps / 30) * 0.0005)
-    printed = [float(weight) for weight in re.findall(r'kl weight (\S+)', capsys.readouterr().out)]
+    printed = [float(weight) for weight in re.findall(r'kl annealing (\S+)', capsys.readouterr().out)]
     assert np.allclose(printed, [9 / 30, 19 / 30, 29 / 30, 1], atol=1e-4)  # each epoch's last step
 
 
@@ -148,8 +148,7 @@ def test_the_test_elbo_printed_at_each_save_weighs_the_kl_by_one(tmp_path, mnist
     with sess:
         test_images = datasets.evaluation_images(config, data['test_images'])
         elbo, _ = vae_inference.importance_weighted_bound(sess, outputs, config, test_images, 200)
-        kl = vae_inference.kl_terms(*vae.run_in_batches(sess, [outputs.z_mean, outputs.z_std], outputs.images,
-                                                        test_images)).sum(axis=1).mean()
+        kl = vae.run_in_batches(sess, outputs.kl_per_dimension, outputs.images, test_images).sum(axis=1).mean()
     assert kl > 5, kl  # so a bound with the annealed KL would be off by more than the tolerance
     assert abs(printed - -elbo.mean()) < 0.2 * kl, (printed, -elbo.mean(), kl)
 

@@ -270,12 +270,12 @@ def test_tensorboard_gets_posterior_histograms_the_kl_per_dimension_and_the_proj
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
                 tags.setdefault(value.tag, value.WhichOneof('value'))
-                if value.tag == 'kl' or value.tag.startswith('kl_dimension/'):
+                if value.tag == 'rate' or value.tag.startswith('kl_dimension/'):
                     kl.setdefault(event.step, {})[value.tag] = value.simple_value
     assert tags['z_mean'] == tags['z_std'] == tags['kl_per_dimension'] == 'histo'
     assert {tag for tag in tags if tag.startswith('kl_dimension/')} == {f'kl_dimension/{i:03d}' for i in range(4)}
     for values in kl.values():  # the dimensions' KL adds up to the KL
-        assert sum(v for tag, v in values.items() if tag != 'kl') == pytest.approx(values['kl'], rel=1e-4)
+        assert sum(v for tag, v in values.items() if tag != 'rate') == pytest.approx(values['rate'], rel=1e-4)
 
     result = run_script('vae_inference.py', '--run_directory', run, '--projector', '--num_test', '300')
     assert result.returncode == 0, result.stderr
