@@ -122,48 +122,18 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
     samples_per_run = min(k, decodes)
     identity = (f'weights={weights} k={k} runs={images_per_run}x{samples_per_run} noise=stateless(first image, '
                 f'first sample) images={hashlib.sha1(images.tobytes()).hexdigest()}')
-    elbo, iwae = np.zeros(len(images)), np.zeros(len(images))
-    done = 0
-    if progress_path and os.path.lexists(progress_path):
-        try:
-            with np.load(progress_path) as saved:
-                if str(saved['identity']) == identity and 0 <= int(saved['done']) <= len(images) and \
-                        saved['elbo'].shape == saved['iwae'].shape == (len(images),):
-                    done = int(saved['done'])
-                    elbo[:done], iwae[:done] = saved['elbo'][:done], saved['iwae'][:done]
-                    print(f'going on from {progress_path}: {done} of {len(images)} images done')
-                else:
-                    print(f'warning: {progress_path} is the progress of another evaluation; starting afresh')
-        except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
-            print(f'warning: {progress_path} is damaged ({type(error).__name__}); starting afresh')
-
-    def save_progress():
-        if progress_path:
-            utils.write_atomically(progress_path, lambda f: np.savez(f, identity=identity, done=done, elbo=elbo,
-                                                                      iwae=iwae))
-
-    interactive = sys.stdout.isatty()
-    last_save = time.monotonic()
-    with utils.stop_requests(enabled=progress_path is not None) as stop_signal, \
+    scores = {'elbo': np.zeros(len(images)), 'iwae': np.zeros(len(images))}
+    done = saved_progress(progress_path, identity, scores, 'images')
+    elbo, iwae = scores['elbo'], scores['iwae']
+    with progress_keeper(progress_path, identity, len(images), 'images') as keep, \
             tqdm(total=len(images) * k, initial=done * k, unit='sample', desc=f'IWAE k={k}', file=sys.stdout,
-                 mininterval=0.5 if interactive else 60, unit_scale=True, dynamic_ncols=True) as bar:
-        def keep_progress():  # every SAVE_SECONDS and on a signal: save the images done; on a signal, stop there
-            nonlocal last_save
-            if stop_signal or time.monotonic() - last_save > SAVE_SECONDS:
-                save_progress()
-                last_save = time.monotonic()
-            if stop_signal:
-                bar.close()
-                print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {len(images)} images scored, saved in '
-                      f'{progress_path}; run the same command to go on from there')
-                raise SystemExit(128 + stop_signal[0])
-
+                 mininterval=0.5 if sys.stdout.isatty() else 60, unit_scale=True, dynamic_ncols=True) as bar:
         while done < len(images):
             batch = images[done:done + images_per_run]
             log_weights = []
             for first in range(0, k, samples_per_run):
                 if first:  # between one image's runs too (a large k): the image in progress is scored again
-                    keep_progress()
+                    keep(done, scores)
                 chunk = min(samples_per_run, k - first)
                 log_weights.append(sess.run(outputs.log_weights, {outputs.images: batch, outputs.k: chunk,
                                                                   outputs.noise_seed: [done, first]}))
@@ -172,8 +142,49 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
             elbo[done:done + len(batch)] = log_weights.mean(axis=0)
             iwae[done:done + len(batch)] = log_mean_exp(log_weights, axis=0)
             done += len(batch)
-            keep_progress()
+            keep(done, scores)
     return elbo, iwae
+
+
+def saved_progress(path, identity, arrays, what):
+    """How many items of an interrupted evaluation `path` holds for this identity, copied into `arrays` ({name:
+    array over all items}); 0 when there is no file, or it is another evaluation's or damaged (a warning each:
+    a fresh start)."""
+    if not path or not os.path.lexists(path):
+        return 0
+    count = len(next(iter(arrays.values())))
+    try:
+        with np.load(path) as saved:
+            done = int(saved['done'])
+            if str(saved['identity']) == identity and 0 <= done <= count and \
+                    all(saved[name].shape == array.shape for name, array in arrays.items()):
+                for name, array in arrays.items():
+                    array[:done] = saved[name][:done]
+                print(f'going on from {path}: {done} of {count} {what} done')
+                return done
+        print(f'warning: {path} is the progress of another evaluation; starting afresh')
+    except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
+        print(f'warning: {path} is damaged ({type(error).__name__}); starting afresh')
+    return 0
+
+
+@contextlib.contextmanager
+def progress_keeper(path, identity, count, what):
+    """keep(done, arrays): the progress of a long evaluation saved in path (atomically, with its identity) at most
+    every SAVE_SECONDS, and on SIGINT / SIGTERM, which then exit with 128 + signal and a line saying how to go
+    on. path None: nothing is saved and the signals are left alone."""
+    last_save = time.monotonic()
+    with utils.stop_requests(enabled=path is not None) as stop_signal:
+        def keep(done, arrays):
+            nonlocal last_save
+            if path and (stop_signal or time.monotonic() - last_save > SAVE_SECONDS):
+                utils.write_atomically(path, lambda f: np.savez(f, identity=identity, done=done, **arrays))
+                last_save = time.monotonic()
+            if stop_signal:
+                print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {count} {what} scored, saved in {path}; '
+                      'run the same command to go on from there')
+                raise SystemExit(128 + stop_signal[0])
+        yield keep
 
 
 def active_units(z_means, threshold=ACTIVE_UNIT_VARIANCE):
@@ -595,36 +606,19 @@ def inception_pixels(images, config):
 def resumable_features(extract, make_images, count, config, progress_path, identity, what):
     """pool_3 features of make_images(start, stop) (model-range images) for start..count in chunks, with a
     progress bar and the time left; the progress is kept in progress_path as importance_weighted_bound keeps
-    its own (every SAVE_SECONDS and on Ctrl-C / SIGTERM, for this identity only; a damaged file is a warning and
-    a fresh start)."""
-    features, done = np.zeros((count, fid.FEATURES), np.float32), 0
-    if os.path.lexists(progress_path):
-        try:
-            with np.load(progress_path) as saved:
-                if str(saved['identity']) == identity and saved['features'].shape == features.shape:
-                    done = int(saved['done'])
-                    features[:done] = saved['features'][:done]
-                    print(f'going on from {progress_path}: {done} of {count} {what} done')
-        except Exception as error:  # whatever a damaged file raises in numpy's reader
-            print(f'warning: {progress_path} is damaged ({type(error).__name__}); starting afresh')
-    last_save = time.monotonic()
-    with utils.stop_requests() as stop_signal, \
+    its own (saved_progress, progress_keeper)."""
+    progress = {'features': np.zeros((count, fid.FEATURES), np.float32)}
+    done = saved_progress(progress_path, identity, progress, what)
+    with progress_keeper(progress_path, identity, count, what) as keep, \
             tqdm(total=count, initial=done, unit='image', desc=f'Inception, {what}', file=sys.stdout,
                  mininterval=0.5 if sys.stdout.isatty() else 60, dynamic_ncols=True) as bar:
         while done < count:
             stop = min(count, done + FID_CHUNK)
-            features[done:stop] = extract(inception_pixels(make_images(done, stop), config))
+            progress['features'][done:stop] = extract(inception_pixels(make_images(done, stop), config))
             bar.update(stop - done)
             done = stop
-            if stop_signal or time.monotonic() - last_save > SAVE_SECONDS:
-                utils.write_atomically(progress_path, lambda f: np.savez(f, identity=identity, done=done,
-                                                                          features=features))
-                last_save = time.monotonic()
-            if stop_signal:
-                print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {count} {what} scored, saved in '
-                      f'{progress_path}; run the same command to go on from there')
-                raise SystemExit(128 + stop_signal[0])
-    return features
+            keep(done, progress)
+    return progress['features']
 
 
 def test_statistics(config, extract, images):

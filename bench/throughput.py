@@ -174,7 +174,8 @@ def run_case(config, options):
         _, precision, batch = mode.split(':')
         config = {**config, 'precision': precision, 'batch_size': int(batch)}
         data = datasets.load_dataset(config)
-        rates, loss = time_steps(config, data, 'tf.data', options['repeats'], len(data['train']) // int(batch))
+        steps = utils.steps_per_epoch(config, len(data['train']))
+        rates, loss = time_steps(config, data, 'tf.data', options['repeats'], steps)
         result = {'rates': rates, 'loss': loss}
     elif mode.startswith('samples:'):  # samples:<train_samples>, the iwae objective
         config = {**config, 'objective': 'iwae', 'train_samples': int(mode.split(':')[1])}
