@@ -489,15 +489,16 @@ def write_curves(config):
     print(f'wrote {path}')
 
 
-def write_samples(sess, outputs, config, test_images, epoch):
-    """reconstructions_model_<N>.png and generations_model_<N>.png: what a run looks like at this checkpoint."""
+def write_samples(sess, outputs, config, data, test_images, epoch, sampler):
+    """reconstructions_model_<N>.png and generations_model_<N>.png (generations_gmm_model_<N>.png for the gmm
+    sampler): what a run looks like at this checkpoint."""
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
                f'epoch {epoch}: test / reconstruction')
-    samples = generate(sess, outputs, vae.fixed_latents(config, GRID_COLUMNS * GRID_COLUMNS))
-    write_grid(config, 'generations', epoch, samples, GRID_COLUMNS, GRID_COLUMNS,
-               f'epoch {epoch}: samples of N(0, I)')
+    samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, sampler, GRID_COLUMNS ** 2))
+    write_grid(config, 'generations' if sampler == 'prior' else f'generations_{sampler}', epoch, samples,
+               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}')
 
 
 def write_gif(config):
@@ -595,6 +596,7 @@ def export_run(config, epoch, folder):
 
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
+SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means'}
 
 
 def inception_pixels(images, config):
@@ -665,7 +667,7 @@ def sampler_latents(sess, outputs, config, data, sampler, count):
     """count latents to decode: 'prior' N(0, I), or 'gmm' draws of the mixture fitted to the training set's
     posterior means; seeded by the run's seed."""
     if sampler == 'prior':
-        return np.random.RandomState(config['seed']).standard_normal((count, config['z_dim'])).astype(np.float32)
+        return vae.fixed_latents(config, count)
     z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, GMM_FIT_IMAGES))
     print(f'fitted a {GMM_COMPONENTS}-component Gaussian mixture to {len(z_means)} training posterior means')
     return fit_latent_mixture(z_means, config['seed']).sample(count)[0].astype(np.float32)
@@ -721,8 +723,9 @@ FLAGS = {
     'fid': (None, 'sample quality: the FID of the test set\'s reconstructions and of --fid_samples decodes of '
                   '--sampler, against the test images (Inception-v3 2015-12-05 pool_3) -> records in evaluations/'),
     'fid_samples': (10000, 'samples decoded for --fid'),
-    'sampler': ('prior', "--fid's latents: 'prior' N(0, I), or 'gmm' a 10-component Gaussian mixture fitted to the "
-                         'training posterior means'),
+    'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), or 'gmm' a "
+                         "10-component Gaussian mixture fitted to the training posterior means (the grid is then "
+                         'generations_gmm_model_<N>.png)'),
     'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
@@ -764,7 +767,7 @@ def main(argv):
         if options['num_test']:
             test_images = test_images[:options['num_test']]
         if not pictures:
-            write_samples(sess, outputs, config, test_images, epoch)
+            write_samples(sess, outputs, config, data, test_images, epoch, options['sampler'])
         if options['evaluate']:
             write_evaluation(sess, outputs, config, epoch, prefix, test_images, options['k'])
         if options['fid']:

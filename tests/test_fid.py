@@ -280,6 +280,10 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     result = run_script('vae_inference.py', *args)  # nothing computed again
     assert result.returncode == 0 and 'test statistics from' in result.stdout
     assert result.stdout.count('holds this FID') == 2
+    # The gmm sampler draws the generations grid too, under its own name.
+    result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10')
+    assert result.returncode == 0 and 'Gaussian mixture to 640 training posterior means' in result.stdout, result.stderr
+    assert (run / 'generations_gmm_model_0.png').exists() and not (run / 'generations_model_0.png').exists()
 
 
 def test_the_test_statistics_are_cached_by_image_set(tmp_path):
