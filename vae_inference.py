@@ -32,6 +32,7 @@ from tqdm import tqdm
 import datasets
 import deploy
 import fid
+import saved_model
 import utils
 import vae
 from utils import UserError
@@ -737,6 +738,8 @@ FLAGS = {
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
                    'the GIF frames: a run to share or commit'),
+    'saved_model': ('', 'a new folder holding the checkpoint as a TensorFlow SavedModel (signatures encode, decode, '
+                        'reconstruct, sample, importance_weighted_bound), loadable without this repository'),
 }
 
 
@@ -765,6 +768,9 @@ def main(argv):
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     prefix = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    if options['saved_model']:  # the checkpoint alone, as a SavedModel (saved_model.py)
+        sess.close()
+        return saved_model.write_saved_model(config, epoch, prefix, options['saved_model'])
     if options['export']:
         sess.close()
         return export_run(config, epoch, options['export'])
