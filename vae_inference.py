@@ -32,6 +32,7 @@ from tqdm import tqdm
 import datasets
 import deploy
 import fid
+import hparams
 import saved_model
 import utils
 import vae
@@ -449,6 +450,7 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     if kept:
         print_metrics(kept)
         print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
+        hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': kept['negative_iwae_nats']})
         return
     progress = path[:-len('.json')] + '.progress.npz'
     metrics = evaluate(sess, outputs, config, test_images, k, progress, weights)
@@ -456,6 +458,7 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights,
                         'test_images_sha1': hashlib.sha1(test_images.tobytes()).hexdigest(),
                         'test_seed': config['test_seed'], **metrics})
+    hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': metrics['negative_iwae_nats']})
     try:
         os.remove(progress)
     except FileNotFoundError:
@@ -699,6 +702,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
         kept = kept_record(path, ('fid',))
         if kept:
             print(f'{path} holds this FID: {kept["fid"]}')
+            hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': kept['fid']})
             continue
         progress = path[:-len('.json')] + '.progress.npz'
         features = resumable_features(extract, make_images, count, config, progress,
@@ -709,6 +713,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
                             'count': count, 'test_images': len(test_images),
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
+        hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
         with contextlib.suppress(OSError):
             os.remove(progress)
 
