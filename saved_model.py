@@ -40,7 +40,7 @@ def signature_tensors(config):
     sampled = vae.decoded_image(vae.decoder(z, config, training=False), config)
     # The bound as vae_inference.importance_weighted_bound computes it: log-mean-exp over k in float64.
     log_weights = tf.cast(outputs.log_weights, tf.float64)
-    return {
+    tensors = {
         'encode': ({'images': outputs.images}, {'z_mean': outputs.z_mean, 'z_std': outputs.z_std}),
         'decode': ({'z': outputs.z}, {'images': outputs.generation}),
         'reconstruct': ({'images': outputs.images}, {'images': outputs.reconstruction}),
@@ -49,14 +49,17 @@ def signature_tensors(config):
             {'images': outputs.images, 'k': outputs.k, 'seed': outputs.noise_seed},
             {'log_px_bound_nats': vae.log_mean_exp(log_weights, 0), 'elbo_nats': tf.reduce_mean(log_weights, 0)}),
     }
+    # Each output named <signature>_<key> in the graph (saved_model_cli shows these names), the same values.
+    return {name: (inputs, {key: tf.identity(tensor, name=f'{name}_{key}') for key, tensor in outputs.items()})
+            for name, (inputs, outputs) in tensors.items()}
 
 
 def description(config, epoch):
     """signatures.txt: what the SavedModel holds and what each signature takes and gives, in words."""
     (height, width, channels), (low, high) = utils.image_shape(config), utils.pixel_range(config)
-    lines = [f'model_{epoch} of {config["run_directory"]} ({config.get("preset") or config["dataset"]}, z_dim '
-             f'{config["z_dim"]}, likelihood {config["likelihood"]}); H, W, C = {height}, {width}, {channels}; '
-             f'pixels in [{low:g}, {high:g}]; the run\'s config.json is beside this file']
+    lines = [f'model_{epoch} of a {config.get("preset") or config["dataset"]} run (z_dim {config["z_dim"]}, likelihood '
+             f'{config["likelihood"]}); H, W, C = {height}, {width}, {channels}; pixels in [{low:g}, {high:g}]; the '
+             "run's config.json is beside this file"]
     for name, (inputs, outputs) in SIGNATURES.items():
         lines += [f'{name}:'] + [f'  in  {key}: {meaning}' for key, meaning in inputs.items()] + \
             [f'  out {key}: {meaning}' for key, meaning in outputs.items()]
