@@ -62,11 +62,15 @@ def write_session_start(config):
 def write_metrics(config, epoch, prefix, values):
     """{tag: value} scalars at model_<epoch>'s global step (prefix: its checkpoint; an export's weights hold no
     step: the end of epoch <epoch>), as an events file of their own in the run's log folder (write_events): the
-    HParams dashboard's metric columns, and the Scalars tab."""
+    HParams dashboard's metric columns, and the Scalars tab. A log folder that cannot be written is a warning: the
+    evaluation's record is kept all the same."""
     step = utils.checkpoint_step(prefix)
     if step is None and config.get('steps_per_epoch'):
         step = (epoch + 1) * config['steps_per_epoch']
     summary = tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
     # Named like a FileWriter's file, after the moment it is written, with this process and a count.
     name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILES)}.metrics'
-    write_events(utils.run_path(config, 'log_directory'), name, [(summary, step or 0)])
+    try:
+        write_events(utils.run_path(config, 'log_directory'), name, [(summary, step or 0)])
+    except utils.UserError as error:
+        print(f'warning: {error}; TensorBoard will not show {", ".join(values)}')

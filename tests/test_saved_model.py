@@ -347,3 +347,12 @@ def test_the_committed_saved_model_is_the_committed_checkpoint(tmp_path):
         close(found['decode'], vae_inference.generate(sess, outputs, z))
         close(sampled['images'], vae_inference.generate(sess, outputs, sampled['z']))
         close(found['bound'], vae_inference.importance_weighted_bound(sess, outputs, config, images, k)[1])
+
+
+def test_metrics_that_cannot_be_written_are_a_warning_and_the_record_stays(tmp_path, capsys):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a run folder')
+    config = {'run_directory': str(blocker), 'log_directory': 'logs', 'steps_per_epoch': 10}
+    hparams.write_metrics(config, 1, str(tmp_path / 'weights_only'), {'negative_iwae_nats': 90.5})
+    assert f'warning: cannot write {blocker}/logs/events.out.tfevents.' in capsys.readouterr().out
+    assert blocker.read_text() == 'not a run folder' and os.listdir(tmp_path) == ['a_file']
