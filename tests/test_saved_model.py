@@ -19,7 +19,7 @@ import hparams
 import saved_model
 import utils
 import vae_inference
-from conftest import MNIST_DIR, ROOT, TINY, run_script
+from conftest import MNIST_DIR, ROOT, run_script
 from test_faults import assert_refused, snapshot
 
 tf, tf1 = utils.tf, utils.tf1
