@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import datasets
 import deploy
+import hparams
 import utils
 from utils import UserError
 
@@ -766,6 +767,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
                           + '; raise --num_epoch to go on, or pass --fresh to start a new run')
                     return []
                 utils.save_run_config(config, steps_per_epoch)
+                hparams.write_session_start(config)  # its settings, for TensorBoard's HParams dashboard
             epoch_losses, steps_here, step = training_loop(sess, model, phase, data, role, stop_signal)
     if cluster:
         print(f'worker {config["task"]}: ran {steps_here} steps; the run is at step {step} of {role.last_step}' +

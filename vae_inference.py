@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 import datasets
 import fid
+import hparams
+import saved_model
 import utils
 import vae
 from utils import UserError
@@ -467,6 +469,7 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     if kept:
         print_metrics(kept)
         print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
+        hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': kept['negative_iwae_nats']})
         return
     progress = path[:-len('.json')] + '.progress.npz'
     metrics = evaluate(sess, outputs, config, test_images, k, progress, weights)
@@ -474,6 +477,7 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights,
                         'test_images_sha1': hashlib.sha1(test_images.tobytes()).hexdigest(),
                         'test_seed': config['test_seed'], **metrics})
+    hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': metrics['negative_iwae_nats']})
     try:
         os.remove(progress)
     except FileNotFoundError:
@@ -690,6 +694,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
         kept = kept_record(path, ('fid',))
         if kept:
             print(f'{path} holds this FID: {kept["fid"]}')
+            hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': kept['fid']})
             continue
         progress = path[:-len('.json')] + '.progress.npz'
         features = resumable_features(extract, make_images, count, config, progress,
@@ -700,6 +705,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
                             'count': count, 'test_images': len(test_images),
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
+        hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
         with contextlib.suppress(OSError):
             os.remove(progress)
 
@@ -730,6 +736,8 @@ FLAGS = {
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
                    'the GIF frames: a run to share or commit'),
+    'saved_model': ('', 'a new folder holding the checkpoint as a TensorFlow SavedModel (signatures encode, decode, '
+                        'reconstruct, sample, importance_weighted_bound), loadable without this repository'),
 }
 
 
@@ -758,6 +766,9 @@ def main(argv):
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
     prefix = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    if options['saved_model']:  # the checkpoint alone, as a SavedModel (saved_model.py)
+        sess.close()
+        return saved_model.write_saved_model(config, epoch, prefix, options['saved_model'])
     if options['export']:
         sess.close()
         return export_run(config, epoch, options['export'])
