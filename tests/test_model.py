@@ -98,7 +98,8 @@ def test_same_seed_gives_the_same_first_epoch_loss(tmp_path, mnist):
 
 
 def test_restoring_and_using_a_model_needs_only_the_model_part_of_vae_py():
-    """vae_inference.py, fid.py and saved_model.py use vae.py's model (above its training section) and nothing of the trainer."""
+    """vae_inference.py, fid.py and saved_model.py use vae.py's model (above its training section), nothing of the
+    trainer."""
     tree = ast.parse(open(os.path.join(ROOT, 'vae.py')).read())
     seam = next(number for number, line in enumerate(open(os.path.join(ROOT, 'vae.py')), 1)
                 if line.startswith('# ----') and 'training graph' in line)
