@@ -469,7 +469,6 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     if kept:
         print_metrics(kept)
         print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
-        hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': kept['negative_iwae_nats']})
         return
     progress = path[:-len('.json')] + '.progress.npz'
     metrics = evaluate(sess, outputs, config, test_images, k, progress, weights)
@@ -694,7 +693,6 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
         kept = kept_record(path, ('fid',))
         if kept:
             print(f'{path} holds this FID: {kept["fid"]}')
-            hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': kept['fid']})
             continue
         progress = path[:-len('.json')] + '.progress.npz'
         features = resumable_features(extract, make_images, count, config, progress,

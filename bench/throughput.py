@@ -6,6 +6,7 @@
     python bench/throughput.py --precisions float32,mixed_bfloat16 --repeats 3   # precisions x batch 256, 512
     python bench/throughput.py --dataset MNIST_bernoulli --samples 1,5 --steps 100   # the iwae objective's k
     python bench/throughput.py --dataset MNIST_bernoulli --evaluation   # vae_inference.py --evaluate's rate, k=5000
+    python bench/throughput.py --fid --repeats 3         # Inception's images/s for vae_inference.py --fid
 
 Each timed run is a process of its own (so its peak memory is its own); the cases alternate round by round,
 since this shared machine's speed drifts. It runs the training step exactly as
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import datasets  # noqa: E402
 import deploy  # noqa: E402
+import fid  # noqa: E402
 import utils  # noqa: E402
 import vae  # noqa: E402
 import vae_inference  # noqa: E402
@@ -267,6 +269,46 @@ def evaluation_table(config, options, ceiling):
           f'{100 * median * flops / (ceiling * 1e9):>11.1f}% | {5e7 / median / 60:>17,.1f} min |')
 
 
+FID_PROTOCOL = 30000  # Inception images of the FID protocol: 10,000 test images, reconstructions and samples
+
+
+def inception_flops(weights):
+    """Floating-point operations of one 299x299 image through fid.py's Inception up to pool_3 (TensorFlow's
+    profiler, on a graph with a batch of one)."""
+    with tf.Graph().as_default() as graph:
+        fid.pool3_features(tf1.placeholder(tf.float32, [1, fid.INPUT_SIZE, fid.INPUT_SIZE, 3]), weights)
+        profile = tf1.profiler.profile(graph, options=tf1.profiler.ProfileOptionBuilder(
+            tf1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+    return profile.total_float_ops
+
+
+def fid_table(config, options, ceiling):
+    """vae_inference.py --fid's Inception (fid.feature_extractor: one graph and session, batches of fid_batch),
+    on images of the dataset's size: images/s over `repeats` timed rounds of fid_images, the share of the matmul
+    ceiling, and the protocol's time (FID_PROTOCOL images; later runs reuse the cached test statistics)."""
+    weights = fid.load_weights(fid.weights_path(config['fid_cache_directory']))
+    flops = inception_flops(weights)
+    images = np.random.default_rng(0).integers(0, 256, (options['fid_images'], *utils.image_shape(config)),
+                                               dtype=np.uint8)
+    extract = fid.feature_extractor(weights, options['fid_batch'], progress=False)
+    extract(images[:options['fid_batch']])  # the first run prepares the graph's 87 MB of constants
+    rates = []
+    for _ in range(options['repeats']):
+        start = time.perf_counter()
+        extract(images)
+        rates.append(len(images) / (time.perf_counter() - start))
+    median = np.median(rates)
+    print(f'Inception-v3 to pool_3 at {fid.INPUT_SIZE}x{fid.INPUT_SIZE}: {flops / 1e9:.2f} GFLOP per image; 2048^3 '
+          f'fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling {ceiling * 1e9 / flops:,.1f} images/s; {options["repeats"]} '
+          f'rounds of {len(images)} {"x".join(map(str, images.shape[1:]))} images in batches of '
+          f'{options["fid_batch"]}; {os.cpu_count()} cores')
+    print(f'| {"Inception pool_3 features":<30} | {"images/s median":>15} | {"min - max":>13} | {"% of ceiling":>12} | '
+          f'{"protocol, 30,000 images":>23} |')
+    print(f'| {"-" * 30} | {"-" * 14}:| {"-" * 12}:| {"-" * 11}:| {"-" * 22}:|')
+    print(f'| {"vae_inference.py --fid":<30} | {median:>15,.2f} | {min(rates):>6,.2f}-{max(rates):<6,.2f} | '
+          f'{100 * median * flops / (ceiling * 1e9):>11.1f}% | {FID_PROTOCOL / median / 3600:>19,.2f} h |')
+
+
 def samples_table(argv, options):
     """The iwae objective's cost: training images/s and peak memory for each train_samples k, cases alternated
     round by round (the decoder runs k times per image, the encoder once)."""
@@ -296,7 +338,10 @@ def main(argv):
              'evaluation': (None, "time vae_inference.py --evaluate's importance-weighted bound instead of training"),
              'k': (5000, '--evaluation: importance samples per image'),
              'eval_images': (20, '--evaluation: test images per timed round'),
-             'samples': ('', 'comma-separated train_samples k to compare under the iwae objective (e.g. 1,5)')}
+             'samples': ('', 'comma-separated train_samples k to compare under the iwae objective (e.g. 1,5)'),
+             'fid': (None, "time vae_inference.py --fid's Inception instead of training"),
+             'fid_images': (100, '--fid: images per timed round'),
+             'fid_batch': (50, '--fid: images per session.run (vae_inference.py --fid uses 50)')}
     config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     celeba = config['dataset'] == 'celebA'
     if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
@@ -313,6 +358,8 @@ def main(argv):
     ceiling = matmul_gflops(config)
     if options['evaluation']:
         return evaluation_table(config, options, ceiling)
+    if options['fid']:
+        return fid_table(config, options, ceiling)
     if options['samples']:
         return samples_table(argv, options)
     flops = training_flops_per_image(config)
