@@ -95,6 +95,21 @@ def expected_signatures(z_dim, image):
     }
 
 
+def assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found):
+    """The SavedModel's outputs (found: z_mean, z_std, reconstruct, decode, sample_z and sample_images, bound and
+    elbo of seed [0, 0]) are vae_inference's on the same images, latents and draws, to float32 rounding."""
+    close = lambda got, wanted: np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-5)
+    z_mean, z_std = sess.run([outputs.z_mean, outputs.z_std], {outputs.images: images})
+    close(found['z_mean'], z_mean)
+    close(found['z_std'], z_std)
+    close(found['reconstruct'], vae_inference.reconstruct(sess, outputs, images))
+    close(found['decode'], vae_inference.generate(sess, outputs, z))
+    close(found['sample_images'], vae_inference.generate(sess, outputs, found['sample_z']))
+    elbo, iwae = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
+    close(found['bound'], iwae)
+    close(found['elbo'], elbo)
+
+
 def test_the_saved_model_gives_vae_inferences_numbers_in_plain_tensorflow(trained, tmp_path):
     folder = tmp_path / 'exported'
     result = run_script('vae_inference.py', '--run_directory', trained, '--saved_model', folder)
@@ -116,20 +131,11 @@ def test_the_saved_model_gives_vae_inferences_numbers_in_plain_tensorflow(traine
     assert json.loads(lines[-2]) == expected_signatures(config['z_dim'], [28, 28, 1])
     assert lines[-1] == 'repository modules loaded: []'
 
-    found = np.load(tmp_path / 'outputs.npz')
-    close = lambda got, wanted: np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-5)
+    found = dict(np.load(tmp_path / 'outputs.npz'))
+    # One run of all k samples of the 10 images: vae_inference seeds it [0, 0] (its first image and sample).
+    assert vae_inference.decodes_per_run(config) >= k * len(images)
     with sess:
-        z_mean, z_std = sess.run([outputs.z_mean, outputs.z_std], {outputs.images: images})
-        close(found['z_mean'], z_mean)
-        close(found['z_std'], z_std)
-        close(found['reconstruct'], vae_inference.reconstruct(sess, outputs, images))
-        close(found['decode'], vae_inference.generate(sess, outputs, z))
-        close(found['sample_images'], vae_inference.generate(sess, outputs, found['sample_z']))
-        # One run of all k samples of the 10 images: vae_inference seeds it [0, 0] (its first image and sample).
-        assert vae_inference.decodes_per_run(config) >= k * len(images)
-        elbo, iwae = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
-    close(found['bound'], iwae)
-    close(found['elbo'], elbo)
+        assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found)
     assert np.all(found['bound'] >= found['elbo'] - 1e-9)
     # The prior draws are N(0, I) of the seed alone: the same seed the same z, another seed others.
     assert found['sample_z'].shape == (7, config['z_dim']) and np.array_equal(found['sample_z'], found['again_z'])
@@ -336,17 +342,13 @@ def test_the_committed_saved_model_is_the_committed_checkpoint(tmp_path):
             return loaded.run({key: info.name for key, info in signature.outputs.items()},
                               {signature.inputs[key].name: value for key, value in feeds.items()})
         encoded, sampled = call('encode', images=images), call('sample', count=8, seed=[5, 6])
-        found = {'reconstruct': call('reconstruct', images=images)['images'], 'decode': call('decode', z=z)['images'],
-                 'bound': call('importance_weighted_bound', images=images, k=k, seed=[0, 0])['log_px_bound_nats']}
-    close = lambda got, wanted: np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-5)
+        bound = call('importance_weighted_bound', images=images, k=k, seed=[0, 0])
+        found = {'z_mean': encoded['z_mean'], 'z_std': encoded['z_std'],
+                 'reconstruct': call('reconstruct', images=images)['images'], 'decode': call('decode', z=z)['images'],
+                 'sample_z': sampled['z'], 'sample_images': sampled['images'],
+                 'bound': bound['log_px_bound_nats'], 'elbo': bound['elbo_nats']}
     with sess:
-        z_mean, z_std = sess.run([outputs.z_mean, outputs.z_std], {outputs.images: images})
-        close(encoded['z_mean'], z_mean)
-        close(encoded['z_std'], z_std)
-        close(found['reconstruct'], vae_inference.reconstruct(sess, outputs, images))
-        close(found['decode'], vae_inference.generate(sess, outputs, z))
-        close(sampled['images'], vae_inference.generate(sess, outputs, sampled['z']))
-        close(found['bound'], vae_inference.importance_weighted_bound(sess, outputs, config, images, k)[1])
+        assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found)
 
 
 def test_metrics_that_cannot_be_written_are_a_warning_and_the_record_stays(tmp_path, capsys):
