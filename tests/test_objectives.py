@@ -165,18 +165,25 @@ class InterruptedSession:
         return self.sess.run(*args, **kwargs)
 
 
+def untrained_inference(config):
+    """A session holding the inference graph with freshly initialised weights (the bound's arithmetic is the same)."""
+    with tf.Graph().as_default() as graph:
+        outputs = vae.build_inference_graph(config)
+        init = tf1.global_variables_initializer()
+    sess = tf1.Session(graph=graph)
+    sess.run(init)
+    return sess, outputs
+
+
 def test_an_interrupted_evaluation_goes_on_to_the_numbers_of_an_unbroken_one(tmp_path, mnist, monkeypatch):
     monkeypatch.setattr(vae_inference, 'SAVE_SECONDS', 0)  # save the progress after every run
     config = tiny_config(tmp_path, *BERNOULLI)
     images = datasets.evaluation_images(config, mnist['test_images'][:12])
     monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
     k = vae_inference.decodes_per_run(config) * 3 // 2  # each image in two chunks of samples
-    with tf.Graph().as_default() as graph:
-        outputs = vae.build_inference_graph(config)
-        init = tf1.global_variables_initializer()
+    sess, outputs = untrained_inference(config)
     progress = str(tmp_path / 'progress.npz')
-    with tf1.Session(graph=graph) as sess:
-        sess.run(init)
+    with sess:
         unbroken = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
         with pytest.raises(KeyboardInterrupt):
             vae_inference.importance_weighted_bound(InterruptedSession(sess, 7), outputs, config, images, k, progress)
@@ -201,12 +208,9 @@ def test_ctrl_c_in_the_middle_of_one_images_samples_stops_there_and_goes_on(tmp_
     images = datasets.evaluation_images(config, mnist['test_images'][:2])
     monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
     k = vae_inference.decodes_per_run(config) * 3  # each image in three session.runs
-    with tf.Graph().as_default() as graph:
-        outputs = vae.build_inference_graph(config)
-        init = tf1.global_variables_initializer()
+    sess, outputs = untrained_inference(config)
     progress = str(tmp_path / 'progress.npz')
-    with tf1.Session(graph=graph) as sess:
-        sess.run(init)
+    with sess:
         unbroken = vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
         with pytest.raises(SystemExit) as stopped:  # during the first image's second run: stops before its third
             vae_inference.importance_weighted_bound(SignalledSession(sess, 2), outputs, config, images, k, progress)
