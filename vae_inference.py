@@ -495,11 +495,11 @@ def write_curves(config):
 def write_samples(sess, outputs, config, data, test_images, epoch, sampler):
     """reconstructions_model_<N>.png and generations_model_<N>.png (generations_gmm_model_<N>.png for the gmm
     sampler): what a run looks like at this checkpoint."""
+    samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, sampler, GRID_COLUMNS ** 2))
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
                f'epoch {epoch}: test / reconstruction')
-    samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, sampler, GRID_COLUMNS ** 2))
     write_grid(config, 'generations' if sampler == 'prior' else f'generations_{sampler}', epoch, samples,
                GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}')
 
@@ -672,6 +672,9 @@ def sampler_latents(sess, outputs, config, data, sampler, count):
     if sampler == 'prior':
         return vae.fixed_latents(config, count)
     z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, GMM_FIT_IMAGES))
+    if len(z_means) < GMM_COMPONENTS:
+        raise UserError(f'the gmm sampler fits {GMM_COMPONENTS} components to the training posterior means, and this '
+                        f'run has {len(z_means)} training images; use --sampler prior, or train on more images')
     print(f'fitted a {GMM_COMPONENTS}-component Gaussian mixture to {len(z_means)} training posterior means')
     return fit_latent_mixture(z_means, config['seed']).sample(count)[0].astype(np.float32)
 

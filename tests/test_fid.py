@@ -319,3 +319,15 @@ def test_the_gmm_sampler_draws_from_the_fitted_mixture():
     assert np.allclose(np.cov(draws, rowvar=False), second - np.outer(mean, mean), rtol=0.05, atol=0.1)
     # every draw is near one of the data's clusters, not between them
     assert np.min(np.linalg.norm(draws[:, None] - centres[None], axis=2), axis=1).max() < 3
+
+
+def test_the_gmm_sampler_on_fewer_images_than_components_is_one_line_and_writes_nothing(tmp_path):
+    from conftest import TINY, run_script
+    from test_faults import assert_refused, snapshot
+    run = tmp_path / 'run'
+    assert run_script('vae.py', *TINY, '--batch_size', '4', '--num_train_images', '8', '--num_epoch', '1',
+                      '--run_directory', run).returncode == 0
+    before = snapshot(run)
+    assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
+                   'the gmm sampler fits 10 components to the training posterior means, and this run has 8')
+    assert snapshot(run) == before
