@@ -33,6 +33,7 @@ import datasets
 import fid
 import hparams
 import saved_model
+import two_stage
 import utils
 import vae
 from utils import UserError
@@ -492,10 +493,12 @@ def write_curves(config):
     print(f'wrote {path}')
 
 
-def write_samples(sess, outputs, config, data, test_images, epoch, sampler):
-    """reconstructions_model_<N>.png and generations_model_<N>.png (generations_gmm_model_<N>.png for the gmm
-    sampler): what a run looks like at this checkpoint."""
-    samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, sampler, GRID_COLUMNS ** 2))
+def write_samples(sess, outputs, config, data, test_images, epoch, prefix, options):
+    """reconstructions_model_<N>.png and generations_model_<N>.png (generations_<sampler>_model_<N>.png for
+    another --sampler than the prior): what a run looks like at this checkpoint."""
+    sampler = options['sampler']
+    samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, epoch, prefix, options,
+                                                      GRID_COLUMNS ** 2))
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
@@ -599,7 +602,8 @@ def export_run(config, epoch, folder):
 
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
-SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means'}
+SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means',
+                  'two_stage': 'a second-stage VAE of the latents'}
 
 
 def inception_pixels(images, config):
@@ -655,7 +659,7 @@ def fit_latent_mixture(z_means, seed):
     return GaussianMixture(GMM_COMPONENTS, covariance_type='full', random_state=seed).fit(z_means)
 
 
-GMM_FIT_IMAGES = 60000  # training images whose posterior means the mixture is fitted to (all of MNIST's)
+SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means the gmm and two_stage samplers are fitted to (all of MNIST's)
 
 
 def training_images(config, data, count):
@@ -666,12 +670,45 @@ def training_images(config, data, count):
     return datasets.evaluation_images(config, train)
 
 
-def sampler_latents(sess, outputs, config, data, sampler, count):
-    """count latents to decode: 'prior' N(0, I), or 'gmm' draws of the mixture fitted to the training set's
-    posterior means; seeded by the run's seed."""
+def training_posterior_means(sess, outputs, config, data):
+    """The posterior means of the first SAMPLER_FIT_IMAGES training images: what the gmm and two_stage samplers
+    are fitted to."""
+    return vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, SAMPLER_FIT_IMAGES))
+
+
+def second_stage(sess, outputs, config, data, epoch, prefix, epochs):
+    """The two-stage sampler's second VAE (two_stage.py) for this checkpoint, fitted for `epochs` epochs to the
+    posterior means of its training images and kept in the run folder (two_stage/model_<N>-e<epochs>-weights_<digest>.npz):
+    later calls read it back instead of fitting it again."""
+    path = os.path.join(config['run_directory'], 'two_stage',
+                        f'model_{epoch}-e{epochs}-weights_{utils.checkpoint_digest(prefix)[:10]}.npz')
+    if os.path.exists(path):
+        try:
+            with np.load(path) as kept:
+                stage = {name: kept[name] for name in kept.files}
+            if {name: value.shape for name, value in stage.items()} == two_stage.weight_shapes(config['z_dim']):
+                print(f'second stage from {path}')
+                return stage
+            print(f'warning: {path} does not hold a second stage for z_dim {config["z_dim"]}; fitting it again')
+        except Exception as error:  # a damaged file is fitted again, and replaced whole
+            print(f'warning: {path} is damaged ({type(error).__name__}); fitting it again')
+    stage, loss = two_stage.fit(training_posterior_means(sess, outputs, config, data), epochs, config['seed'])
+    utils.write_atomically(path, lambda f: np.savez(f, **stage))
+    print(f'wrote {path}: the second stage fitted for {epochs} epochs '
+          f'(last epoch\'s loss {loss:.3f} nats)')
+    return stage
+
+
+def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
+    """count latents to decode, seeded by the run's seed: --sampler 'prior' N(0, I), 'gmm' draws of the mixture
+    fitted to the training set's posterior means, or 'two_stage' draws of the second-stage VAE."""
+    sampler = options['sampler']
     if sampler == 'prior':
         return vae.fixed_latents(config, count)
-    z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, GMM_FIT_IMAGES))
+    if sampler == 'two_stage':
+        stage = second_stage(sess, outputs, config, data, epoch, prefix, options['two_stage_epochs'])
+        return two_stage.sample(stage, count, config['seed'])
+    z_means = training_posterior_means(sess, outputs, config, data)
     if len(z_means) < GMM_COMPONENTS:
         raise UserError(f'the gmm sampler fits {GMM_COMPONENTS} components to the training posterior means, and this '
                         f'run has {len(z_means)} training images; use --sampler prior, or train on more images')
@@ -687,12 +724,19 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
     inception = fid.load_weights(fid.weights_path(config['fid_cache_directory'], options['fid_weights'] or None))
     extract = fid.feature_extractor(inception, progress=False)  # resumable_features shows the progress
     real = test_statistics(config, extract, test_images)
-    latents = sampler_latents(sess, outputs, config, data, options['sampler'], options['fid_samples'])
+    sampler, samples = options['sampler'], options['fid_samples']
+    settings = {'reconstructions': [f'n{len(test_images)}'],  # the second stage's epochs key its samples' FID
+                sampler: [f'n{samples}'] + ([f'e{options["two_stage_epochs"]}'] if sampler == 'two_stage' else [])}
+    paths = {source: evaluation_path(config, epoch, weights, test_images, 'fid', source, *keys)
+             for source, keys in settings.items()}
+    # The latents are drawn before any record is written (a refused sampler writes nothing), unless already scored.
+    latents = None if kept_record(paths[sampler], ('fid',)) else \
+        sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
     seen = datasets.evaluation_images(config, test_images)  # what the model encodes (binarised for bernoulli)
     scored = {'reconstructions': (len(test_images), lambda start, stop: reconstruct(sess, outputs, seen[start:stop])),
-              options['sampler']: (len(latents), lambda start, stop: generate(sess, outputs, latents[start:stop]))}
+              sampler: (samples, lambda start, stop: generate(sess, outputs, latents[start:stop]))}
     for source, (count, make_images) in scored.items():
-        path = evaluation_path(config, epoch, weights, test_images, 'fid', source, f'n{count}')
+        path = paths[source]
         kept = kept_record(path, ('fid',))
         if kept:
             print(f'{path} holds this FID: {kept["fid"]}')
@@ -704,6 +748,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
         print(f'FID of {count} {source} against {len(test_images)} test images: {score:.2f}')
         write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'fid': score, 'scored': source,
                             'count': count, 'test_images': len(test_images),
+                            **({'second_stage_epochs': options['two_stage_epochs']} if source == 'two_stage' else {}),
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
         hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
@@ -730,9 +775,12 @@ FLAGS = {
     'fid': (None, 'sample quality: the FID of the test set\'s reconstructions and of --fid_samples decodes of '
                   '--sampler, against the test images (Inception-v3 2015-12-05 pool_3) -> records in evaluations/'),
     'fid_samples': (10000, 'samples decoded for --fid'),
-    'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), or 'gmm' a "
-                         "10-component Gaussian mixture fitted to the training posterior means (the grid is then "
-                         'generations_gmm_model_<N>.png)'),
+    'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), 'gmm' a "
+                         "10-component Gaussian mixture fitted to the training posterior means, or 'two_stage' "
+                         "Dai & Wipf's second VAE fitted to the training latents (the grid is then "
+                         'generations_<sampler>_model_<N>.png)'),
+    'two_stage_epochs': (40, "epochs the two_stage sampler's second VAE is fitted for (once per checkpoint: it is "
+                             'kept in the run folder\'s two_stage/)'),
     'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
@@ -755,9 +803,10 @@ def main(argv):
     if options['manifold'] and config['z_dim'] != 2:
         raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
-    if options['sampler'] not in ('prior', 'gmm') or options['fid_samples'] < 2:
-        raise UserError(f'--sampler must be prior or gmm (got {options["sampler"]!r}) and --fid_samples at least 2 '
-                        f'(got {options["fid_samples"]})')
+    if options['sampler'] not in SAMPLER_TITLES or options['fid_samples'] < 2 or options['two_stage_epochs'] < 1:
+        raise UserError(f'--sampler must be one of {", ".join(SAMPLER_TITLES)} (got {options["sampler"]!r}), '
+                        f'--fid_samples at least 2 (got {options["fid_samples"]}) and --two_stage_epochs at least 1 '
+                        f'(got {options["two_stage_epochs"]})')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
     if options['curves']:
@@ -779,7 +828,7 @@ def main(argv):
         if options['num_test']:
             test_images = test_images[:options['num_test']]
         if not pictures:
-            write_samples(sess, outputs, config, data, test_images, epoch, options['sampler'])
+            write_samples(sess, outputs, config, data, test_images, epoch, prefix, options)
         if options['evaluate']:
             write_evaluation(sess, outputs, config, epoch, prefix, test_images, options['k'])
         if options['fid']:

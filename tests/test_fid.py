@@ -284,6 +284,22 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10')
     assert result.returncode == 0 and 'Gaussian mixture to 640 training posterior means' in result.stdout, result.stderr
     assert (run / 'generations_gmm_model_0.png').exists() and not (run / 'generations_model_0.png').exists()
+    # The two_stage sampler: its second stage is fitted once, kept in the run folder and read back; its FID is
+    # keyed by the second stage's epochs, and the reconstructions' FID is found again.
+    result = run_script('vae_inference.py', *args, '--sampler', 'two_stage', '--two_stage_epochs', '2')
+    assert result.returncode == 0 and 'holds this FID' in result.stdout, result.stderr
+    record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'two_stage')
+    assert (record['count'], record['second_stage_epochs']) == (12, 2) and np.isfinite(record['fid'])
+    [kept] = (run / 'two_stage').iterdir()
+    assert kept.name.startswith('model_0-e2-weights_')
+    grid = ['--run_directory', run, '--sampler', 'two_stage', '--two_stage_epochs', '2', '--num_test', '10']
+    result = run_script('vae_inference.py', *grid)
+    assert result.returncode == 0 and f'second stage from {kept}' in result.stdout, result.stderr
+    assert (run / 'generations_two_stage_model_0.png').exists()
+    kept.write_bytes(kept.read_bytes()[:100])  # a damaged second stage is fitted again and replaced whole
+    result = run_script('vae_inference.py', *grid)
+    assert result.returncode == 0 and 'is damaged' in result.stdout and f'wrote {kept}' in result.stdout
+    assert np.load(kept)['log_gamma'].shape == ()
 
 
 def test_the_test_statistics_are_cached_by_image_set(tmp_path):
@@ -319,6 +335,24 @@ def test_the_gmm_sampler_draws_from_the_fitted_mixture():
     assert np.allclose(np.cov(draws, rowvar=False), second - np.outer(mean, mean), rtol=0.05, atol=0.1)
     # every draw is near one of the data's clusters, not between them
     assert np.min(np.linalg.norm(draws[:, None] - centres[None], axis=2), axis=1).max() < 3
+
+
+def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
+    import two_stage
+    monkeypatch.setattr(two_stage, 'WIDTH', 64)  # a narrower second stage and a constant step: enough steps on
+    monkeypatch.setattr(two_stage, 'LEARNING_RATE_HALVING', 1000)  # 4,000 latents in a few seconds
+    rng = np.random.RandomState(0)
+    centres = np.array([[2.0, 0.0, 1.0], [-2.0, 0.0, -1.0]])
+    latents = (centres[rng.randint(2, size=4000)] + rng.normal(0, 0.1, (4000, 3))).astype(np.float32)
+    stage, loss = two_stage.fit(latents, 40, seed=0)
+    assert set(stage) == set(two_stage.weight_shapes(3)) and np.isfinite(loss)
+    assert np.exp(stage['log_gamma']) < 0.5  # the decoder's noise shrinks from its initial 1
+    draws = two_stage.sample(stage, 5000, seed=1)
+    assert np.array_equal(draws, two_stage.sample(stage, 5000, seed=1))  # seeded
+    near = lambda z: np.mean(np.min(np.linalg.norm(z[:, None] - centres[None], axis=2), axis=1) < 0.5)
+    assert near(draws) > 0.4 and near(rng.standard_normal((5000, 3))) < 0.05  # the prior's draws are not
+    assert np.allclose(draws.mean(axis=0), latents.mean(axis=0), atol=0.2)
+    assert np.allclose(draws.std(axis=0)[[0, 2]], latents.std(axis=0)[[0, 2]], rtol=0.15)
 
 
 def test_the_gmm_sampler_on_fewer_images_than_components_is_one_line_and_writes_nothing(tmp_path):
