@@ -355,7 +355,7 @@ def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
     assert np.allclose(draws.std(axis=0)[[0, 2]], latents.std(axis=0)[[0, 2]], rtol=0.15)
 
 
-def test_the_gmm_sampler_on_fewer_images_than_components_is_one_line_and_writes_nothing(tmp_path):
+def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one_line_and_writes_nothing(tmp_path):
     from conftest import TINY, run_script
     from test_faults import assert_refused, snapshot
     run = tmp_path / 'run'
@@ -364,4 +364,7 @@ def test_the_gmm_sampler_on_fewer_images_than_components_is_one_line_and_writes_
     before = snapshot(run)
     assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
                    'the gmm sampler fits 10 components to the training posterior means, and this run has 8')
+    for flags in (['--sampler', 'vamp'], ['--sampler', 'two_stage', '--two_stage_epochs', '0']):
+        assert_refused(run_script('vae_inference.py', '--run_directory', run, *flags),
+                       '--sampler must be one of prior, gmm, two_stage')
     assert snapshot(run) == before

@@ -98,8 +98,8 @@ def test_same_seed_gives_the_same_first_epoch_loss(tmp_path, mnist):
 
 
 def test_restoring_and_using_a_model_needs_only_the_model_part_of_vae_py():
-    """vae_inference.py, fid.py and saved_model.py use vae.py's model (above its training section), nothing of the
-    trainer."""
+    """vae_inference.py, fid.py, saved_model.py and two_stage.py use vae.py's model (above its training section),
+    nothing of the trainer."""
     tree = ast.parse(open(os.path.join(ROOT, 'vae.py')).read())
     seam = next(number for number, line in enumerate(open(os.path.join(ROOT, 'vae.py')), 1)
                 if line.startswith('# ----') and 'training graph' in line)
@@ -110,7 +110,7 @@ def test_restoring_and_using_a_model_needs_only_the_model_part_of_vae_py():
                 [target.id for target in getattr(node, 'targets', []) if isinstance(target, ast.Name)]
             trainer.update(names)
     assert {'train', 'training_loop', 'build_training_graph', 'save_epoch', 'Role'} <= trainer
-    for script in ('vae_inference.py', 'fid.py', 'saved_model.py'):
+    for script in ('vae_inference.py', 'fid.py', 'saved_model.py', 'two_stage.py'):
         used = {node.attr for node in ast.walk(ast.parse(open(os.path.join(ROOT, script)).read()))
                 if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'vae'}
         assert not used & trainer, (script, used & trainer)
