@@ -32,7 +32,7 @@ LEARNING_RATE_HALVING = 10
 
 
 SecondStage = collections.namedtuple('SecondStage', [
-    'z',              # placeholder: [batch, z_dim] first-stage latents, samples of q(z|x)
+    'z',              # placeholder: [batch, z_dim] first-stage latents (the training posterior means)
     'loss',           # batch mean of the second stage's negative ELBO of z, in nats
     'learning_rate',  # placeholder: Adam's step size
     'train_op',       # one Adam step on loss
