@@ -1,4 +1,5 @@
-"""CelebA: splits, the crops against PIL, the [-1, 1] range, the cache, bad JPEGs, and training + inference."""
+"""CelebA: splits, the crops against PIL, the [-1, 1] range, the cache, bad JPEGs, and training + inference (the
+FID included)."""
 import json
 import os
 import re
@@ -10,7 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 import datasets
+import fid
 import utils
+import vae_inference
 from conftest import ROOT, evaluation_record, run_script
 
 # Reduced widths: the CelebA layer structure (5x5 kernels, strides 2,2,2,1, conv + tanh head) in a few seconds.
@@ -237,6 +240,17 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     assert result.returncode == 0, result.stderr
     assert (run / 'logs' / 'projector_sprite_model_1.png').exists()
     assert not list((run / 'logs').glob('projector_labels*'))
+    # The FID takes the same path: the test split's 5 faces, their reconstructions and two_stage samples.
+    result = run_script('vae_inference.py', '--run_directory', run, '--fid', '--sampler', 'two_stage',
+                        '--two_stage_epochs', '1', '--fid_samples', '6', '--fid_cache_directory', tmp_path / 'cache',
+                        '--fid_weights', fid.weights_path(os.path.join(ROOT, '.cache', 'fid')))
+    assert result.returncode == 0, result.stderr
+    records = {r['scored']: r for r in vae_inference.evaluation_records(run).values() if 'fid' in r}
+    assert {source: (r['count'], r['test_images'], r['decoded']) for source, r in records.items()} == \
+        {'reconstructions': (5, 5, 'the mean'), 'two_stage': (6, 5, 'the mean')}
+    assert all(np.isfinite(r['fid']) and r['fid'] > 0 for r in records.values())
+    [statistics] = os.listdir(tmp_path / 'cache')
+    assert statistics.startswith('statistics-celebA-5images_')
 
 
 def test_evaluating_the_full_size_face_model_stays_within_bounded_memory(celeba, tmp_path):
