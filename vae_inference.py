@@ -478,6 +478,11 @@ def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
                         'test_images_sha1': hashlib.sha1(test_images.tobytes()).hexdigest(),
                         'test_seed': config['test_seed'], **metrics})
     hparams.write_metrics(config, epoch, prefix, {'negative_iwae_nats': metrics['negative_iwae_nats']})
+    discard_progress(progress)
+
+
+def discard_progress(progress):
+    """Removes a finished evaluation's progress file, once its result is written."""
     try:
         os.remove(progress)
     except FileNotFoundError:
@@ -644,11 +649,13 @@ def test_statistics(config, extract, images):
                     return saved['mu'], saved['sigma']
         except Exception as error:  # a damaged cache file is computed again
             print(f'warning: {path} is damaged ({type(error).__name__}); computing it again')
-    features = resumable_features(extract, lambda start, stop: images[start:stop], len(images), config,
-                                  path[:-len('.npz')] + '.progress.npz', f'images={digest}', 'test images')
+    progress = path[:-len('.npz')] + '.progress.npz'
+    features = resumable_features(extract, lambda start, stop: images[start:stop], len(images), config, progress,
+                                  f'images={digest}', 'test images')
     mu, sigma = fid.feature_statistics(features)
     utils.write_atomically(path, lambda f: np.savez(f, images_sha1=digest, mu=mu, sigma=sigma))
     print(f'wrote {path}')
+    discard_progress(progress)
     return mu, sigma
 
 
@@ -752,8 +759,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
         hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
-        with contextlib.suppress(OSError):
-            os.remove(progress)
+        discard_progress(progress)
 
 
 # vae_inference.py's own command-line flags (every config key is one too, the run folder's config.json giving the

@@ -302,10 +302,11 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     assert np.load(kept)['log_gamma'].shape == ()
 
 
-def test_the_test_statistics_are_cached_by_image_set(tmp_path):
+def test_the_test_statistics_are_cached_by_image_set(tmp_path, monkeypatch):
     import vae_inference
     from conftest import tiny_config
     config = {**tiny_config(tmp_path), 'fid_cache_directory': str(tmp_path / 'cache')}
+    monkeypatch.setattr(vae_inference, 'SAVE_SECONDS', -1)  # progress saved at every chunk, and removed at the end
     calls = []
 
     def extract(pixels):  # a stand-in for Inception: 2048 features from each image's pixels
@@ -318,7 +319,7 @@ def test_the_test_statistics_are_cached_by_image_set(tmp_path):
     other = images.copy()
     other[0, 0, 0, 0] += 0.5  # another image set: its own statistics
     vae_inference.test_statistics(config, extract, other)
-    assert calls == [6, 6] and len(os.listdir(tmp_path / 'cache')) == 2
+    assert calls == [6, 6] and len(os.listdir(tmp_path / 'cache')) == 2  # no progress file left
 
 
 def test_the_gmm_sampler_draws_from_the_fitted_mixture():
