@@ -16,6 +16,7 @@ fill N(0, I): fitted to them, the second stage stayed at the prior (gamma 0.96 a
 6 epochs), where fitted to the means it had gamma 0.50 and 36.9 nats.
 """
 import collections
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +30,7 @@ DEPTH, WIDTH = 3, 512    # Dai & Wipf: 3 and 1024 (second_depth, second_dim); ha
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3     # Adam, halved every LEARNING_RATE_HALVING epochs
 LEARNING_RATE_HALVING = 10
+FIT_SETTINGS = (DEPTH, WIDTH, BATCH_SIZE, LEARNING_RATE, LEARNING_RATE_HALVING)  # what a kept fit is keyed by
 
 
 SecondStage = collections.namedtuple('SecondStage', [
@@ -90,15 +92,16 @@ def weight_shapes(z_dim):
 
 def fit(latents, epochs, seed):
     """The second stage fitted by Adam to [count, z_dim] latents for `epochs` epochs, with a progress bar;
-    returns its weights {variable name: array} and the last epoch's mean loss in nats."""
+    returns its weights {variable name: array} and the mean of the last epoch's batch losses, in nats."""
     graph = tf.Graph()
     with graph.as_default():
         stage = build_second_stage(latents.shape[1], seed)
         initialize = tf1.global_variables_initializer()
     graph.finalize()
-    random = np.random.RandomState(seed)
+    random, loss = np.random.RandomState(seed), float('nan')
     with tf1.Session(graph=graph) as sess, \
-            tqdm(range(epochs), desc='second stage', unit='epoch', dynamic_ncols=True) as bar:
+            tqdm(range(epochs), desc='second stage', unit='epoch', file=sys.stdout, dynamic_ncols=True,
+                 mininterval=0.5 if sys.stdout.isatty() else 60) as bar:
         sess.run(initialize)
         for epoch in bar:
             order = random.permutation(len(latents))
@@ -121,7 +124,7 @@ def sample(weights, count, seed):
         feeds = {tf1.placeholder(v.dtype.base_dtype, v.shape): v for v in model_variables(graph)}
         assign = [v.assign(placeholder) for placeholder, v in feeds.items()]
     graph.finalize()
-    random = np.random.RandomState(seed)
+    random = np.random.RandomState(seed)  # u is then vae.fixed_latents' draw: prior and two_stage samples pair up
     u, noise = (random.standard_normal((count, z_dim)).astype(np.float32) for _ in range(2))
     with tf1.Session(graph=graph) as sess:
         sess.run(assign, {placeholder: weights[v.op.name] for placeholder, v in feeds.items()})

@@ -527,7 +527,8 @@ def write_gif(config):
 def write_projector(config, epoch, z_means, images, labels):
     """TensorBoard's projector in the run's log folder: model_<N>'s test posterior means
     (projector_means_model_<N>.tsv), their labels (MNIST, projector_labels_model_<N>.tsv) and a sprite of the images
-    (projector_sprite_model_<N>.png), one embedding per checkpoint in projector_config.pbtxt. `tensorboard --logdir <run>/logs` shows them under Projector."""
+    (projector_sprite_model_<N>.png), one embedding per checkpoint in projector_config.pbtxt; `tensorboard --logdir
+    <run>/logs` shows them under Projector."""
     from google.protobuf import text_format
     from tensorboard.plugins import projector
     count = min(len(z_means), PROJECTOR_POINTS)
@@ -608,7 +609,7 @@ def export_run(config, epoch, folder):
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
 SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means',
-                  'two_stage': 'a second-stage VAE of the latents'}
+                  'two_stage': 'a second-stage VAE of the posterior means'}
 
 
 def inception_pixels(images, config):
@@ -635,28 +636,53 @@ def resumable_features(extract, make_images, count, config, progress_path, ident
     return progress['features']
 
 
+def kept_arrays(path, what, valid, compute):
+    """The arrays of the .npz file path when it holds a valid(arrays) `what`; else compute()'s, written to it
+    atomically (a damaged or foreign file is replaced whole, with a warning). A path that is a folder, under a
+    file, or unreadable is a one-line error before anything is computed."""
+    folder = os.path.dirname(path)
+    if os.path.isdir(path) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+        blocking = path if os.path.isdir(path) else folder
+        raise UserError(f'{blocking} is in the way of {what} ({path}); move it away')
+    if os.path.lexists(path):
+        try:
+            with np.load(path) as saved:
+                arrays = {name: saved[name] for name in saved.files}
+        except PermissionError as error:
+            raise UserError(f'cannot read {path} ({error.strerror}); make it readable, or move it away') from None
+        except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
+            print(f'warning: {path} is damaged ({type(error).__name__}); computing {what} again')
+        else:
+            try:
+                usable = valid(arrays)
+            except (KeyError, ValueError, TypeError):
+                usable = False
+            if usable:
+                print(f'{what} from {path}')
+                return arrays
+            print(f'warning: {path} does not hold {what} for this run; computing it again')
+    arrays = compute()
+    utils.write_atomically(path, lambda f: np.savez(f, **arrays))
+    print(f'wrote {path}: {what}')
+    return arrays
+
+
 def test_statistics(config, extract, images):
     """Mean and covariance of the test images' pool_3 features, cached in fid_cache_directory by dataset and the
     SHA-1 of the images (a changed image set is another file)."""
     digest = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
     path = os.path.join(config['fid_cache_directory'], f'statistics-{config["dataset"]}-{len(images)}images_'
                                                        f'{digest[:16]}.npz')
-    if os.path.exists(path):
-        try:
-            with np.load(path) as saved:
-                if str(saved['images_sha1']) == digest:
-                    print(f'test statistics from {path}')
-                    return saved['mu'], saved['sigma']
-        except Exception as error:  # a damaged cache file is computed again
-            print(f'warning: {path} is damaged ({type(error).__name__}); computing it again')
     progress = path[:-len('.npz')] + '.progress.npz'
-    features = resumable_features(extract, lambda start, stop: images[start:stop], len(images), config, progress,
-                                  f'images={digest}', 'test images')
-    mu, sigma = fid.feature_statistics(features)
-    utils.write_atomically(path, lambda f: np.savez(f, images_sha1=digest, mu=mu, sigma=sigma))
-    print(f'wrote {path}')
+
+    def compute():
+        features = resumable_features(extract, lambda start, stop: images[start:stop], len(images), config,
+                                      progress, f'images={digest}', 'test images')
+        mu, sigma = fid.feature_statistics(features)
+        return {'images_sha1': np.array(digest), 'mu': mu, 'sigma': sigma}
+    saved = kept_arrays(path, 'test statistics', lambda arrays: str(arrays['images_sha1']) == digest, compute)
     discard_progress(progress)
-    return mu, sigma
+    return saved['mu'], saved['sigma']
 
 
 def fit_latent_mixture(z_means, seed):
@@ -666,7 +692,7 @@ def fit_latent_mixture(z_means, seed):
     return GaussianMixture(GMM_COMPONENTS, covariance_type='full', random_state=seed).fit(z_means)
 
 
-SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means the gmm and two_stage samplers are fitted to (all of MNIST's)
+SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means gmm and two_stage are fitted to (all of MNIST's)
 
 
 def training_images(config, data, count):
@@ -683,27 +709,36 @@ def training_posterior_means(sess, outputs, config, data):
     return vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, SAMPLER_FIT_IMAGES))
 
 
-def second_stage(sess, outputs, config, data, epoch, prefix, epochs):
-    """The two-stage sampler's second VAE (two_stage.py) for this checkpoint, fitted for `epochs` epochs to the
-    posterior means of its training images and kept in the run folder (two_stage/model_<N>-e<epochs>-weights_<digest>.npz):
+def sampler_settings(config, options):
+    """What --sampler's samples depend on besides the checkpoint, as parts of a file name: for two_stage, the
+    second stage's epochs, seed and fitting constants (keying its kept fit and its FID record)."""
+    if options['sampler'] != 'two_stage':
+        return []
+    fitting = hashlib.sha1(repr((two_stage.FIT_SETTINGS, SAMPLER_FIT_IMAGES)).encode()).hexdigest()[:8]
+    return [f'e{options["two_stage_epochs"]}', f'seed{config["seed"]}', f'fit_{fitting}']
+
+
+def second_stage(sess, outputs, config, data, epoch, weights, options):
+    """The two-stage sampler's second VAE (two_stage.py) for this checkpoint, fitted to the posterior means of its
+    training images and kept in the run folder (two_stage/model_<N>-<sampler_settings>-weights_<digest>.npz):
     later calls read it back instead of fitting it again."""
-    path = os.path.join(config['run_directory'], 'two_stage',
-                        f'model_{epoch}-e{epochs}-weights_{utils.checkpoint_digest(prefix)[:10]}.npz')
-    if os.path.exists(path):
-        try:
-            with np.load(path) as kept:
-                stage = {name: kept[name] for name in kept.files}
-            if {name: value.shape for name, value in stage.items()} == two_stage.weight_shapes(config['z_dim']):
-                print(f'second stage from {path}')
-                return stage
-            print(f'warning: {path} does not hold a second stage for z_dim {config["z_dim"]}; fitting it again')
-        except Exception as error:  # a damaged file is fitted again, and replaced whole
-            print(f'warning: {path} is damaged ({type(error).__name__}); fitting it again')
-    stage, loss = two_stage.fit(training_posterior_means(sess, outputs, config, data), epochs, config['seed'])
-    utils.write_atomically(path, lambda f: np.savez(f, **stage))
-    print(f'wrote {path}: the second stage fitted for {epochs} epochs '
-          f'(last epoch\'s loss {loss:.3f} nats)')
-    return stage
+    name = '-'.join([f'model_{epoch}', *sampler_settings(config, options), f'weights_{weights[:10]}'])
+    shapes = two_stage.weight_shapes(config['z_dim'])
+
+    def valid(stage):
+        return {name: value.shape for name, value in stage.items()} == shapes and \
+            all(np.issubdtype(value.dtype, np.floating) and np.all(np.isfinite(value)) for value in stage.values())
+
+    def fit():
+        stage, loss = two_stage.fit(training_posterior_means(sess, outputs, config, data),
+                                    options['two_stage_epochs'], config['seed'])
+        if not valid(stage):
+            raise UserError(f'the second stage became non-finite in fitting (last loss {loss}); nothing was kept')
+        print(f'fitted the second stage for {options["two_stage_epochs"]} epochs: last epoch\'s loss {loss:.3f} '
+              f'nats, gamma {np.exp(stage["log_gamma"]):.4f}')
+        return stage
+    return kept_arrays(os.path.join(config['run_directory'], 'two_stage', f'{name}.npz'), 'the second stage',
+                       valid, fit)
 
 
 def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
@@ -713,7 +748,7 @@ def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     if sampler == 'prior':
         return vae.fixed_latents(config, count)
     if sampler == 'two_stage':
-        stage = second_stage(sess, outputs, config, data, epoch, prefix, options['two_stage_epochs'])
+        stage = second_stage(sess, outputs, config, data, epoch, utils.checkpoint_digest(prefix), options)
         return two_stage.sample(stage, count, config['seed'])
     z_means = training_posterior_means(sess, outputs, config, data)
     if len(z_means) < GMM_COMPONENTS:
@@ -732,30 +767,29 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
     extract = fid.feature_extractor(inception, progress=False)  # resumable_features shows the progress
     real = test_statistics(config, extract, test_images)
     sampler, samples = options['sampler'], options['fid_samples']
-    settings = {'reconstructions': [f'n{len(test_images)}'],  # the second stage's epochs key its samples' FID
-                sampler: [f'n{samples}'] + ([f'e{options["two_stage_epochs"]}'] if sampler == 'two_stage' else [])}
+    settings = {'reconstructions': [f'n{len(test_images)}'],
+                sampler: [f'n{samples}', *sampler_settings(config, options)]}
     paths = {source: evaluation_path(config, epoch, weights, test_images, 'fid', source, *keys)
              for source, keys in settings.items()}
+    kept = {source: kept_record(path, ('fid',)) for source, path in paths.items()}
     # The latents are drawn before any record is written (a refused sampler writes nothing), unless already scored.
-    latents = None if kept_record(paths[sampler], ('fid',)) else \
-        sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
+    latents = None if kept[sampler] else sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
     seen = datasets.evaluation_images(config, test_images)  # what the model encodes (binarised for bernoulli)
     scored = {'reconstructions': (len(test_images), lambda start, stop: reconstruct(sess, outputs, seen[start:stop])),
               sampler: (samples, lambda start, stop: generate(sess, outputs, latents[start:stop]))}
     for source, (count, make_images) in scored.items():
         path = paths[source]
-        kept = kept_record(path, ('fid',))
-        if kept:
-            print(f'{path} holds this FID: {kept["fid"]}')
+        if kept[source]:
+            print(f'{path} holds this FID: {kept[source]["fid"]}')
             continue
         progress = path[:-len('.json')] + '.progress.npz'
         features = resumable_features(extract, make_images, count, config, progress,
-                                      f'weights={weights} source={source} n={count} seed={config["seed"]}', source)
+                                      f'weights={weights} {os.path.basename(path)} seed={config["seed"]}', source)
         score = fid.frechet_distance(*real, *fid.feature_statistics(features))
         print(f'FID of {count} {source} against {len(test_images)} test images: {score:.2f}')
         write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'fid': score, 'scored': source,
                             'count': count, 'test_images': len(test_images),
-                            **({'second_stage_epochs': options['two_stage_epochs']} if source == 'two_stage' else {}),
+                            **({'two_stage_epochs': options['two_stage_epochs']} if source == 'two_stage' else {}),
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
         hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
@@ -783,7 +817,7 @@ FLAGS = {
     'fid_samples': (10000, 'samples decoded for --fid'),
     'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), 'gmm' a "
                          "10-component Gaussian mixture fitted to the training posterior means, or 'two_stage' "
-                         "Dai & Wipf's second VAE fitted to the training latents (the grid is then "
+                         "Dai & Wipf's second VAE fitted to the training posterior means (the grid is then "
                          'generations_<sampler>_model_<N>.png)'),
     'two_stage_epochs': (40, "epochs the two_stage sampler's second VAE is fitted for (once per checkpoint: it is "
                              'kept in the run folder\'s two_stage/)'),
@@ -809,10 +843,11 @@ def main(argv):
     if options['manifold'] and config['z_dim'] != 2:
         raise UserError(f'--manifold needs a model with z_dim 2, this one has {config["z_dim"]}; train one '
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
-    if options['sampler'] not in SAMPLER_TITLES or options['fid_samples'] < 2 or options['two_stage_epochs'] < 1:
-        raise UserError(f'--sampler must be one of {", ".join(SAMPLER_TITLES)} (got {options["sampler"]!r}), '
-                        f'--fid_samples at least 2 (got {options["fid_samples"]}) and --two_stage_epochs at least 1 '
-                        f'(got {options["two_stage_epochs"]})')
+    if options['sampler'] not in SAMPLER_TITLES:
+        raise UserError(f'--sampler must be one of {", ".join(SAMPLER_TITLES)} (got {options["sampler"]!r})')
+    if options['fid_samples'] < 2 or options['two_stage_epochs'] < 1:
+        raise UserError(f'--fid_samples must be at least 2 (got {options["fid_samples"]}) and --two_stage_epochs at '
+                        f'least 1 (got {options["two_stage_epochs"]})')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
     if options['curves']:

@@ -289,12 +289,12 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     result = run_script('vae_inference.py', *args, '--sampler', 'two_stage', '--two_stage_epochs', '2')
     assert result.returncode == 0 and 'holds this FID' in result.stdout, result.stderr
     record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'two_stage')
-    assert (record['count'], record['second_stage_epochs']) == (12, 2) and np.isfinite(record['fid'])
+    assert (record['count'], record['two_stage_epochs']) == (12, 2) and np.isfinite(record['fid'])
     [kept] = (run / 'two_stage').iterdir()
-    assert kept.name.startswith('model_0-e2-weights_')
+    assert kept.name.startswith('model_0-e2-seed0-fit_')
     grid = ['--run_directory', run, '--sampler', 'two_stage', '--two_stage_epochs', '2', '--num_test', '10']
     result = run_script('vae_inference.py', *grid)
-    assert result.returncode == 0 and f'second stage from {kept}' in result.stdout, result.stderr
+    assert result.returncode == 0 and f'the second stage from {kept}' in result.stdout, result.stderr
     assert (run / 'generations_two_stage_model_0.png').exists()
     kept.write_bytes(kept.read_bytes()[:100])  # a damaged second stage is fitted again and replaced whole
     result = run_script('vae_inference.py', *grid)
@@ -365,7 +365,13 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
     before = snapshot(run)
     assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
                    'the gmm sampler fits 10 components to the training posterior means, and this run has 8')
-    for flags in (['--sampler', 'vamp'], ['--sampler', 'two_stage', '--two_stage_epochs', '0']):
-        assert_refused(run_script('vae_inference.py', '--run_directory', run, *flags),
-                       '--sampler must be one of prior, gmm, two_stage')
+    for flags, message in ((['--sampler', 'vamp'], "--sampler must be one of prior, gmm, two_stage (got 'vamp')"),
+                           (['--sampler', 'two_stage', '--two_stage_epochs', '0'], 'two_stage_epochs at least 1')):
+        assert_refused(run_script('vae_inference.py', '--run_directory', run, *flags), message)
+    assert snapshot(run) == before
+    # A file where the second stage's folder goes is refused before the fit, and left as it was.
+    (run / 'two_stage').write_text('mine')
+    before = snapshot(run)
+    assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'two_stage'),
+                   f'{run / "two_stage"} is in the way of the second stage')
     assert snapshot(run) == before
