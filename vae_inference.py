@@ -642,8 +642,8 @@ def kept_arrays(path, what, valid, compute):
     file, or unreadable is a one-line error before anything is computed."""
     folder = os.path.dirname(path)
     if os.path.isdir(path) or (os.path.lexists(folder) and not os.path.isdir(folder)):
-        blocking = path if os.path.isdir(path) else folder
-        raise UserError(f'{blocking} is in the way of {what} ({path}); move it away')
+        where = f'{path} is a folder' if os.path.isdir(path) else f'{folder} is in the way of {what} ({path})'
+        raise UserError(f'{where}; move it away')
     if os.path.lexists(path):
         try:
             with np.load(path) as saved:
