@@ -1,6 +1,5 @@
 """CelebA: splits, the crops against PIL, the [-1, 1] range, the cache, bad JPEGs, and training + inference (the
 FID included)."""
-import json
 import os
 import re
 import subprocess
@@ -8,61 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import datasets
 import fid
 import utils
 import vae_inference
-from conftest import ROOT, evaluation_record, run_script
+from conftest import ROOT, TINY_CELEBA, celeba_config, evaluation_record, face_like_jpeg, make_celeba, run_script
 
-# Reduced widths: the CelebA layer structure (5x5 kernels, strides 2,2,2,1, conv + tanh head) in a few seconds.
-SMALL = ['--encoder_filters', '8,8,8,8', '--decoder_filters', '8,8,8,3', '--z_dim', '8', '--batch_size', '8',
-         '--num_epoch', '2', '--save_every', '1', '--num_test_images', '10', '--summary_every', '2']
-
-
-def face_like_jpeg(path, rng, size=(178, 218), mode='RGB', quality=92):
-    """A 178x218 JPEG with gradients, shapes, hard edges and noise: content a crop mistake would show in."""
-    width, height = size
-    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
-    colour = rng.uniform(0, 1, 3)
-    pixels = np.stack([255 * (colour[c] * x + (1 - colour[c]) * y) for c in range(3)], axis=-1)
-    image = Image.fromarray(np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, width - 20), rng.integers(0, height - 20)
-        box = (x0, y0, x0 + rng.integers(10, 60), y0 + rng.integers(10, 60))
-        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.uniform() < 0.5 else draw.rectangle)(box, fill=fill)
-    draw.rectangle((60, 80, 120, 90), fill=(255, 255, 255))
-    draw.rectangle((60, 120, 120, 130), fill=(0, 0, 0))
-    image.convert(mode).save(path, quality=quality)
-
-
-def make_celeba(folder, count=40, partition=(30, 5, 5)):
-    """count JPEGs 000001.jpg... and a list_eval_partition.txt with train / validation / test counts."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    names = [f'{i:06d}.jpg' for i in range(1, count + 1)]
-    for name in names:
-        face_like_jpeg(os.path.join(folder, name), rng)
-    if partition:
-        codes = ['0'] * partition[0] + ['1'] * partition[1] + ['2'] * partition[2]
-        with open(os.path.join(folder, 'list_eval_partition.txt'), 'w') as f:
-            f.writelines(f'{name} {code}\n' for name, code in zip(names, codes))
-    return names
-
-
-@pytest.fixture(scope='module')
-def celeba(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('celeba') / 'img_align_celeba'
-    make_celeba(folder)
-    return folder
-
-
-def celeba_config(folder, *extra):
-    config, _ = utils.parse_command_line(['--dataset', 'celebA', '--data_directory', str(folder), *SMALL, *extra])
-    return config
+@pytest.fixture
+def celeba(celeba_folder):
+    """The session's 40 made-up faces (never written to)."""
+    return celeba_folder
 
 
 def test_split_by_partition_file(celeba):
@@ -171,7 +127,7 @@ def test_a_bad_jpeg_is_refused_by_name(tmp_path, kind, message):
     folder = tmp_path / 'img_align_celeba'
     make_celeba(folder)
     write_bad(folder, '000017.jpg', kind, np.random.default_rng(1))
-    result = run_script('vae.py', '--dataset', 'celebA', '--data_directory', folder, *SMALL,
+    result = run_script('vae.py', *TINY_CELEBA, '--data_directory', folder,
                         '--run_directory', tmp_path / 'run')
     assert result.returncode == 1
     assert result.stderr.strip() == (f'error: {folder}/000017.jpg {message}; replace it with the original '
@@ -190,7 +146,7 @@ def test_a_jpeg_with_a_scrambled_body_but_its_end_marker_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with Image.open(path) as image:
         image.load()  # the damage PIL lets through
-    result = run_script('vae.py', '--dataset', 'celebA', '--data_directory', folder, *SMALL,
+    result = run_script('vae.py', *TINY_CELEBA, '--data_directory', folder,
                         '--run_directory', tmp_path / 'run')
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f'error: {path} has corrupt image data (Corrupt JPEG data')
@@ -204,13 +160,11 @@ def test_an_empty_folder_says_how_to_get_celeba(tmp_path):
         datasets.load_dataset(config)
 
 
-def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
-    run = tmp_path / 'run'
-    args = ['--dataset', 'celebA', '--data_directory', celeba, *SMALL, '--run_directory', run]
-    result = run_script('vae.py', *args)
-    assert result.returncode == 0, result.stderr
-    assert 'epoch   1' in result.stdout and 'test negative ELBO' in result.stdout
-    training_output = result.stdout
+def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba, tiny_run, pristine_runs):
+    run = tiny_run('celebA')  # trained by vae.py on the session's made-up faces
+    args = [*TINY_CELEBA, '--data_directory', celeba, '--run_directory', run]
+    training_output = pristine_runs.output('celebA')
+    assert 'epoch   1' in training_output and 'test negative ELBO' in training_output
     with Image.open(run / 'op-gen' / 'epoch_0001.png') as grid:
         assert grid.size == (5 * 64 * 2, 5 * 64 * 2 + 16) and grid.mode == 'RGB'
     with Image.open(run / 'op-real' / 'epoch_0000.png') as grid:
@@ -240,7 +194,12 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     assert result.returncode == 0, result.stderr
     assert (run / 'logs' / 'projector_sprite_model_1.png').exists()
     assert not list((run / 'logs').glob('projector_labels*'))
-    # The FID takes the same path: the test split's 5 faces, their reconstructions and two_stage samples.
+
+
+@pytest.mark.slow
+def test_the_fid_of_a_celeba_run_scores_its_test_split(tmp_path, tiny_run):
+    # The FID takes the same path as MNIST's: the test split's 5 faces, their reconstructions and two_stage samples.
+    run = tiny_run('celebA')
     result = run_script('vae_inference.py', '--run_directory', run, '--fid', '--sampler', 'two_stage',
                         '--two_stage_epochs', '1', '--fid_samples', '6', '--fid_cache_directory', tmp_path / 'cache',
                         '--fid_weights', fid.weights_path(os.path.join(ROOT, '.cache', 'fid')))
@@ -253,6 +212,8 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba):
     assert statistics.startswith('statistics-celebA-5images_')
 
 
+@pytest.mark.slow
+@pytest.mark.process  # the peak memory of a process of its own
 def test_evaluating_the_full_size_face_model_stays_within_bounded_memory(celeba, tmp_path):
     # The shipped CelebA architecture (21 M weights): k=400 samples of 4 images are 1,600 decoder passes of
     # 64x64x3, about 10 GB if run in one session.run; the evaluation splits them by bytes, not by count.

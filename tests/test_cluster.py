@@ -54,7 +54,8 @@ def test_towers_need_devices_and_a_batch_they_divide(tmp_path):
 
 
 # 1,280 images, 64 a worker per step: 10 synchronous steps (of 128 images) an epoch, or 20 asynchronous ones.
-CLUSTER_ARGS = TINY + ['--num_train_images', '1280', '--num_epoch', '12', '--save_every', '3']
+EPOCHS = 6
+CLUSTER_ARGS = TINY + ['--num_train_images', '1280', '--num_epoch', str(EPOCHS), '--save_every', '3']
 
 
 def start_task(cluster, job, task, run, log, *extra):
@@ -84,13 +85,15 @@ def processes():
         process.wait()
 
 
+@pytest.mark.slow
+@pytest.mark.process  # a parameter server and two workers on loopback
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes, sync):
     ps, worker0, worker1 = deploy.free_ports(3)
     cluster = {'ps': [f'127.0.0.1:{ps}'], 'worker': [f'127.0.0.1:{worker0}', f'127.0.0.1:{worker1}']}
     run, logs = tmp_path / 'run', {name: tmp_path / f'{name}.log' for name in ('ps', 'chief', 'worker1', 'again')}
     extra = ['--sync_replicas', sync, '--kl_schedule', 'linear', '--kl_warmup_epochs', '4']
-    total_steps = 120 if sync == 'true' else 240
+    total_steps = EPOCHS * (10 if sync == 'true' else 20)
     processes.append(start_task(cluster, 'ps', 0, run, logs['ps'], *extra))
     processes.append(start_task(cluster, 'worker', 0, run, logs['chief'], *extra))
     processes.append(start_task(cluster, 'worker', 1, run, logs['worker1'], *extra))
@@ -116,7 +119,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     # steps). Synchronous: the weight of an epoch's last step s is exactly s / 40. Asynchronous: a worker's step
     # read the global step while the other worker was moving it on, possibly past the epoch's end, so the weight
     # lies between the epoch's first step and the next epoch's last.
-    steps_per_epoch = total_steps // 12
+    steps_per_epoch = total_steps // EPOCHS
     for name in ('chief', 'worker1', 'again'):
         for epoch, weight in re.findall(r'^epoch +(\d+) .* kl annealing (\S+)', output[name], re.M):
             last = min(1, ((int(epoch) + 1) * steps_per_epoch - 1) / (4 * steps_per_epoch))
@@ -125,20 +128,22 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
                 (name, epoch, weight, last)
     assert re.search(r'kl annealing', output['worker1'] + output['again'])
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
-    assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], output['chief']
-    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, 6, 9, 11]  # the chief alone saved
-    assert int(tf.train.load_variable(str(run / 'models' / 'model_11'), 'global_step')) >= total_steps
+    assert len(losses) == EPOCHS and losses[-1] < 0.6 * losses[0], output['chief']
+    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, EPOCHS - 1]  # the chief alone saved
+    assert int(tf.train.load_variable(str(run / 'models' / f'model_{EPOCHS - 1}'), 'global_step')) >= total_steps
 
     result = run_script('vae_inference.py', *TINY, '--run_directory', run)
     assert result.returncode == 0, result.stderr
-    assert 'restored' in result.stdout and 'model_11' in result.stdout
+    assert 'restored' in result.stdout and f'model_{EPOCHS - 1}' in result.stdout
     # The curves' epoch axis counts the run's epochs (global steps over config.json's steps_per_epoch), not a
-    # worker's batches: the loss logged every 10 steps ends in the 12th epoch.
+    # worker's batches: the loss logged every 10 steps ends in the last epoch.
     config, _ = utils.parse_command_line([*TINY, '--run_directory', str(run)], from_run=True)
     epochs, _ = vae_inference.epoch_curves(config)['loss']
-    assert 11 <= epochs.max() < 12 and epochs.min() == 0, epochs
+    assert EPOCHS - 1 <= epochs.max() < EPOCHS and epochs.min() == 0, epochs
 
 
+@pytest.mark.slow
+@pytest.mark.process  # SIGTERM to the chief of a loopback cluster
 @pytest.mark.parametrize('sync', ['true', 'false'])
 def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there(tmp_path, processes, sync):
     ps, worker0 = deploy.free_ports(2)
@@ -150,7 +155,7 @@ def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there
     processes[1].send_signal(signal.SIGTERM)
     assert processes[1].wait(timeout=60) == 128 + signal.SIGTERM
     step = int(re.search(r'SIGTERM: saved \S+interrupted_(\d+) after step', open(log).read()).group(1))
-    assert 20 <= step < 240 and sorted(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]
+    assert 20 <= step < EPOCHS * 20 and sorted(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]
 
     if sync == 'true':  # the stopped chief's token queue on the parameter server is closed for good
         processes.append(start_task(cluster, 'worker', 0, run, tmp_path / 'refused.log', *extra))
@@ -165,7 +170,7 @@ def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there
     assert processes[-1].wait(timeout=240) == 0, open(tmp_path / 'again.log').read()
     output = open(tmp_path / 'again.log').read()
     assert f'interrupted_{step} (step {step})' in output
-    assert re.search(r'the run is at step (120|240) of \1', output)
+    assert re.search(rf'the run is at step ({EPOCHS * 10}|{EPOCHS * 20}) of \1', output)
     assert processes[-2 if sync == 'true' else 0].wait(timeout=60) == 0  # the parameter server saw it finish
 
 

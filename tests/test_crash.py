@@ -13,9 +13,11 @@ import utils
 import vae
 from conftest import ROOT, TINY, run_script, subset, tiny_config
 
-# 60 steps an epoch, 4 epochs, a checkpoint after each: 240 steps in all when nothing goes wrong.
-ARGS = TINY + ['--batch_size', '1000', '--num_epoch', '4', '--save_every', '1']
-TOTAL_STEPS = 240
+# 12 steps an epoch, 4 epochs, a checkpoint after each: 48 steps in all when nothing goes wrong.
+STEPS_PER_EPOCH = 12
+ARGS = TINY + ['--batch_size', '1000', '--num_train_images', str(1000 * STEPS_PER_EPOCH), '--num_epoch', '4',
+               '--save_every', '1']
+TOTAL_STEPS = 4 * STEPS_PER_EPOCH
 
 
 def start_training(run):
@@ -54,13 +56,15 @@ def wait_for_checkpoint_write(run, timeout, stale):
 
 
 @pytest.mark.crash
+@pytest.mark.slow
+@pytest.mark.process  # SIGKILL to training processes
 def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp_path):
     run = tmp_path / 'run'
     rng = random.Random(0)
     rounds = resumed_correctly = killed_mid_write = 0
     expected_step = 0  # the step of the newest complete checkpoint when the last process died
     finished = False
-    while rounds < 8 and not finished:
+    while rounds < 6 and not finished:  # three kills at a random line, three during a checkpoint write
         stale = temporary_files(run)
         process = start_training(run)
         if rounds % 2:
@@ -100,7 +104,8 @@ def test_sigkill_at_random_moments_never_loses_more_than_the_last_checkpoint(tmp
     assert killed_mid_write >= 1
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.process  # SIGINT / SIGTERM to a training process
+@pytest.mark.parametrize('signum', [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_sigint_and_sigterm_save_the_current_step_and_resume_there(tmp_path, signum):
     run = tmp_path / 'run'
     process = start_training(run)
@@ -115,7 +120,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_resume_there(tmp_path, sig
     interrupted = utils.list_checkpoints(run / 'models', 'interrupted')
     assert len(interrupted) == 1
     step = next(iter(interrupted))
-    assert 60 < step < 240 and step % 60  # inside an epoch, not at its end
+    assert STEPS_PER_EPOCH < step < TOTAL_STEPS and step % STEPS_PER_EPOCH  # inside an epoch, not at its end
     assert os.listdir(run / 'logs')
 
     result = run_script('vae.py', *ARGS, '--run_directory', run)

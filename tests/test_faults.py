@@ -16,40 +16,7 @@ import datasets
 import utils
 import vae
 import vae_inference
-from conftest import ROOT, TINY, run_script, subset, tiny_config
-
-# 640 images, 10 steps an epoch; a checkpoint after each of the 2 epochs.
-BASE = TINY + ['--num_train_images', '640']
-
-
-def snapshot(folder):
-    """{relative path: bytes} of every file under folder but .lock (the PID of the newest training process)."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in set(names) - {'.lock'}:
-            path = os.path.join(root, name)
-            assert not os.path.islink(path), path  # (a link to /dev/full would read forever)
-            with open(path, 'rb') as f:
-                files[os.path.relpath(path, folder)] = f.read()
-    return files
-
-
-def assert_refused(result, message, folder=None, before=None):
-    stderr = result.stderr.strip()
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert len(stderr.splitlines()) == 1 and stderr.startswith('error: ') and 'Traceback' not in stderr, stderr
-    assert message in stderr, stderr
-    if folder is not None:
-        assert snapshot(folder) == before
-
-
-@pytest.fixture
-def trained(tmp_path):
-    """A run folder with model_0 and model_1, trained by vae.py as a user would."""
-    run = tmp_path / 'run'
-    result = run_script('vae.py', *BASE, '--run_directory', run)
-    assert result.returncode == 0, result.stderr
-    return run
+from conftest import BASE, ROOT, assert_refused, run_script, snapshot, subset, tiny_config
 
 
 def test_resuming_with_another_epoch_length_or_model_is_refused(trained):
@@ -127,7 +94,7 @@ def test_an_existing_folder_that_cannot_be_written_is_refused_before_training(tm
 
 
 def run_with_file_size_limit(limit, script, *args):
-    """run_script with every file this process writes cut at `limit` bytes (RLIMIT_FSIZE; Python ignores
+    """run_process with every file this process writes cut at `limit` bytes (RLIMIT_FSIZE; Python ignores
     SIGXFSZ, so a write past it fails with EFBIG as a full disk fails with ENOSPC)."""
     limited = ('import resource, runpy, sys\n'
                f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n'
@@ -137,6 +104,8 @@ def run_with_file_size_limit(limit, script, *args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
+@pytest.mark.process  # a file size limit on a process of its own
 def test_a_full_disk_leaves_every_earlier_file_as_it_was(trained):
     assert run_script('vae_inference.py', *BASE, '--run_directory', trained).returncode == 0
     assert run_script('vae_inference.py', *BASE, '--run_directory', trained, '--evaluate', '--k', '5',
@@ -163,6 +132,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist
         vae.train(tiny_config(tmp_path / 'run', '--num_epoch', '1'), subset(mnist, 640))
 
 
+@pytest.mark.process  # SIGINT to a process that is loading TensorFlow
 def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
     # A user's Ctrl-C finds SIGINT's default action. A suite started in the background (bash's '&') ignores
     # SIGINT, and exec keeps an ignored signal ignored but resets a handled one: handle it while the child starts
@@ -209,15 +179,6 @@ def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
     assert not np.array_equal(first, datasets.evaluation_images({**config, 'test_seed': 7}, images))
 
 
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory):
-    """A trained run folder that only read-only tests use."""
-    run = tmp_path_factory.mktemp('pristine') / 'run'
-    result = run_script('vae.py', *BASE, '--run_directory', run)
-    assert result.returncode == 0, result.stderr
-    return run
-
-
 @pytest.mark.parametrize('script, args, message', [
     ('vae.py', ['--learning_rate', '-1'], 'learning_rate must be positive and finite'),       # config
     ('vae.py', ['--seed', '-1'], 'seed must be in [0, 2**32)'),
@@ -228,6 +189,6 @@ def pristine(tmp_path_factory):
     ('vae_inference.py', ['--interpolate', '--num_test', '1'], 'pass --num_test 2 or more'),
     ('vae_inference.py', ['--manifold'], '--manifold needs a model with z_dim 2'),
 ])
-def test_bad_input_on_a_trained_run_changes_nothing(pristine, script, args, message):
-    before = snapshot(pristine)
-    assert_refused(run_script(script, *BASE, '--run_directory', pristine, *args), message, pristine, before)
+def test_bad_input_on_a_trained_run_changes_nothing(trained, script, args, message):
+    before = snapshot(trained)
+    assert_refused(run_script(script, *BASE, '--run_directory', trained, *args), message, trained, before)

@@ -262,12 +262,11 @@ def test_a_square_root_with_an_imaginary_diagonal_is_an_error(monkeypatch):
 
 # ---------------------------------------------------------------- vae_inference.py --fid
 
-def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
+@pytest.mark.slow
+def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(trained, tmp_path):
     import vae_inference
-    from conftest import TINY, run_script
-    run = tmp_path / 'run'
-    assert run_script('vae.py', *TINY, '--num_train_images', '640', '--num_epoch', '1', '--run_directory',
-                      run).returncode == 0
+    from conftest import run_script
+    run = trained  # model_0 and model_1 of the tiny Gaussian run
     args = ['--run_directory', run, '--fid', '--fid_samples', '12', '--num_test', '10', '--fid_weights',
             fid.weights_path(CACHE), '--fid_cache_directory', tmp_path / 'cache']
     result = run_script('vae_inference.py', *args)
@@ -283,7 +282,7 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     # The gmm sampler draws the generations grid too, under its own name.
     result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10')
     assert result.returncode == 0 and 'Gaussian mixture to 640 training posterior means' in result.stdout, result.stderr
-    assert (run / 'generations_gmm_model_0.png').exists() and not (run / 'generations_model_0.png').exists()
+    assert (run / 'generations_gmm_model_1.png').exists() and not (run / 'generations_model_1.png').exists()
     # The two_stage sampler: its second stage is fitted once, kept in the run folder and read back; its FID is
     # keyed by the second stage's epochs, and the reconstructions' FID is found again.
     result = run_script('vae_inference.py', *args, '--sampler', 'two_stage', '--two_stage_epochs', '2')
@@ -291,11 +290,11 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(tmp_path):
     record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'two_stage')
     assert (record['count'], record['two_stage_epochs']) == (12, 2) and np.isfinite(record['fid'])
     [kept] = (run / 'two_stage').iterdir()
-    assert kept.name.startswith('model_0-e2-seed0-fit_')
+    assert kept.name.startswith('model_1-e2-seed0-fit_')
     grid = ['--run_directory', run, '--sampler', 'two_stage', '--two_stage_epochs', '2', '--num_test', '10']
     result = run_script('vae_inference.py', *grid)
     assert result.returncode == 0 and f'the second stage from {kept}' in result.stdout, result.stderr
-    assert (run / 'generations_two_stage_model_0.png').exists()
+    assert (run / 'generations_two_stage_model_1.png').exists()
     kept.write_bytes(kept.read_bytes()[:100])  # a damaged second stage is fitted again and replaced whole
     result = run_script('vae_inference.py', *grid)
     assert result.returncode == 0 and 'is damaged' in result.stdout and f'wrote {kept}' in result.stdout
@@ -357,8 +356,7 @@ def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
 
 
 def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one_line_and_writes_nothing(tmp_path):
-    from conftest import TINY, run_script
-    from test_faults import assert_refused, snapshot
+    from conftest import TINY, assert_refused, run_script, snapshot
     run = tmp_path / 'run'
     assert run_script('vae.py', *TINY, '--batch_size', '4', '--num_train_images', '8', '--num_epoch', '1',
                       '--run_directory', run).returncode == 0

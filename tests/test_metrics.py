@@ -13,7 +13,7 @@ import datasets
 import utils
 import vae
 import vae_inference
-from conftest import TINY, evaluation_record, run_script, subset, tiny_config
+from conftest import RUNS, TINY, evaluation_record, run_script, subset, tiny_config
 
 tf1 = tf.compat.v1
 
@@ -136,7 +136,7 @@ def test_other_likelihoods_train_on_their_negative_elbo(tmp_path, mnist, likelih
     assert abs(binarised[grey].mean() - images[grey].mean()) < 0.05 and binarised[grey].mean() > 0.15
 
 
-FAST_2D = TINY + ['--z_dim', '2', '--batch_size', '1000', '--num_epoch', '2', '--save_every', '1']
+FAST_2D = RUNS['z_dim_2']
 
 
 def png_size(path):
@@ -145,9 +145,8 @@ def png_size(path):
         return image.size
 
 
-def test_evaluation_and_pictures_end_to_end(tmp_path):
-    run = tmp_path / 'run'
-    assert run_script('vae.py', *FAST_2D, '--run_directory', run).returncode == 0
+def test_evaluation_and_pictures_end_to_end(tiny_run):
+    run = tiny_run('z_dim_2')
     result = run_script('vae_inference.py', *FAST_2D, '--run_directory', run, '--evaluate', '--k', '50',
                         '--num_test', '300', '--interpolate', '--traverse', '--manifold', '--scatter', '--curves')
     assert result.returncode == 0, result.stderr
@@ -167,9 +166,8 @@ def test_evaluation_and_pictures_end_to_end(tmp_path):
     assert png_size(run / 'training_curves.png')[0] >= 1200  # loss, reconstruction, KL and test ELBO panels
 
 
-def test_evaluating_with_the_wrong_likelihood_or_manifold_on_a_wide_latent_fails_clearly(tmp_path):
-    run = tmp_path / 'run'
-    assert run_script('vae.py', *FAST_2D, '--run_directory', run).returncode == 0
+def test_evaluating_with_the_wrong_likelihood_or_manifold_on_a_wide_latent_fails_clearly(tiny_run):
+    run = tiny_run('z_dim_2')
     result = run_script('vae_inference.py', *FAST_2D, '--run_directory', run, '--evaluate', '--likelihood',
                         'bernoulli')
     assert result.returncode == 1

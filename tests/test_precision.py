@@ -11,6 +11,7 @@ import vae_inference
 from conftest import MNIST_DIR, TINY, run_script, subset, tiny_config
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_like_float32_and_its_checkpoint_restores_in_float32(tmp_path, mnist):
     data = subset(mnist, 6400)  # 3 epochs of 100 steps
     losses = {precision: vae.train(tiny_config(tmp_path / precision, '--num_epoch', '3', '--precision', precision),

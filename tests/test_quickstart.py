@@ -5,10 +5,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
-from conftest import MNIST_DIR, ROOT
-from test_celeba import make_celeba
+from conftest import MNIST_DIR, ROOT, make_celeba
 
 
 def fresh_copy(tmp_path):
@@ -26,6 +26,8 @@ def typed(copy, command):
     return subprocess.run([sys.executable, *words[1:]], cwd=copy, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_the_mnist_quick_start(tmp_path):
     copy = fresh_copy(tmp_path)
     os.makedirs(copy / 'MNIST')
@@ -40,6 +42,8 @@ def test_the_mnist_quick_start(tmp_path):
     assert (copy / 'MNIST' / 'reconstructions_model_0.png').exists()
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_the_celeba_quick_start(tmp_path):
     copy = fresh_copy(tmp_path)
     make_celeba(copy / 'celebA' / 'data' / 'img_align_celeba', count=150, partition=(130, 10, 10))

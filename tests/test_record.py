@@ -16,21 +16,14 @@ import datasets
 import utils
 import vae
 import vae_inference
-from conftest import MNIST_DIR, ROOT, TINY, evaluation_record, run_script, subset, tiny_config
-from test_celeba import celeba_config, make_celeba
-from test_faults import BASE, assert_refused, snapshot, trained  # noqa: F401 (trained: the fixture)
-
-BERNOULLI = ['--dataset', 'MNIST_bernoulli', '--data_directory', MNIST_DIR, '--z_dim', '4', '--encoder_filters',
-             '4,8,8', '--decoder_filters', '8,4,1', '--num_train_images', '640', '--batch_size', '64',
-             '--summary_every', '10', '--save_every', '1', '--iwae_start_epoch', '1', '--train_samples', '2']
+from conftest import (BASE, BERNOULLI, MNIST_DIR, ROOT, TINY_CELEBA, assert_refused, celeba_config, make_celeba,
+                      run_script, snapshot, subset, tiny_config)
 
 
 # ---------------------------------------------------------------- the configuration, resolved once
 
-def test_a_resumed_preset_run_goes_on_as_configured_and_records_each_change(tmp_path):
-    run = tmp_path / 'run'
-    result = run_script('vae.py', *BERNOULLI, '--num_epoch', '2', '--run_directory', run)
-    assert result.returncode == 0, result.stderr
+def test_a_resumed_preset_run_goes_on_as_configured_and_records_each_change(tiny_run):
+    run = tiny_run('bernoulli')  # 2 epochs of the tiny MNIST_bernoulli preset
     saved = json.load(open(run / 'config.json'))
     assert (saved['preset'], saved['dataset'], saved['steps_per_epoch'], saved['changes']) == \
         ('MNIST_bernoulli', 'MNIST', 10, [])
@@ -76,13 +69,11 @@ def test_a_foreign_checkpoint_is_refused_by_training_and_inference_alike(trained
         assert_refused(result, 'model_7 holds step 10, not the end of epoch 7', trained, before)
 
 
-def test_a_contradicting_flag_is_refused_before_any_data_is_read(tmp_path):
+def test_a_contradicting_flag_is_refused_before_any_data_is_read(tmp_path, tiny_run, celeba_folder):
     folder = tmp_path / 'img_align_celeba'
-    make_celeba(folder)
-    run = tmp_path / 'run'
-    args = ['--dataset', 'celebA', '--data_directory', folder, '--encoder_filters', '8,8,8,8', '--decoder_filters',
-            '8,8,8,3', '--z_dim', '8', '--batch_size', '8', '--num_epoch', '1', '--num_test_images', '5']
-    assert run_script('vae.py', *args, '--run_directory', run).returncode == 0
+    shutil.copytree(celeba_folder, folder)
+    run = tiny_run('celebA')
+    args = [*TINY_CELEBA, '--data_directory', folder]
     (folder / '000001.jpg').write_bytes(b'not a jpeg')  # a training image the file check would refuse
     before = snapshot(run)
     result = run_script('vae.py', *args, '--run_directory', run, '--z_dim', '16')
@@ -90,11 +81,14 @@ def test_a_contradicting_flag_is_refused_before_any_data_is_read(tmp_path):
 
 
 @pytest.mark.parametrize('edit, message', [
-    (("'z_dim': 16,", "'z_dim': 16.0,"), "z_dim must be an integer, got 16.0 in config.py"),
-    (("'z_dim': 16,", "'z_dim': 'sixteen',"), "z_dim must be an integer, got 'sixteen' in config.py"),
-    (("'iwae_start_epoch': 0, ", ''), 'preset MNIST lacks iwae_start_epoch'),
+    pytest.param(("'z_dim': 16,", "'z_dim': 16.0,"), "z_dim must be an integer, got 16.0 in config.py",
+                 marks=pytest.mark.slow),
+    pytest.param(("'z_dim': 16,", "'z_dim': 'sixteen',"), "z_dim must be an integer, got 'sixteen' in config.py",
+                 marks=pytest.mark.slow),
+    pytest.param(("'iwae_start_epoch': 0, ", ''), 'preset MNIST lacks iwae_start_epoch', marks=pytest.mark.slow),
     (("'z_dim': 16,", "'z_dim': 16,,"), 'config.py does not load: SyntaxError (line'),
 ])
+@pytest.mark.process  # an edited config.py, in a copy of the repository
 def test_a_broken_config_py_is_one_line(tmp_path, edit, message):
     copy = tmp_path / 'repo'
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('.git', '.venv', 'MNIST', 'celebA', 'tests', '.cache'))
@@ -315,6 +309,8 @@ def test_a_celeba_cache_folder_that_is_a_file_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- signals and the pinned install
 
+@pytest.mark.slow
+@pytest.mark.process  # SIGINT to a training process, at the line it prints
 def test_ctrl_c_at_the_iwae_switch_saves_the_step_it_reached(tmp_path):
     run = tmp_path / 'run'
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'vae.py'), *BERNOULLI, '--num_epoch', '3',

@@ -19,26 +19,17 @@ import hparams
 import saved_model
 import utils
 import vae_inference
-from conftest import MNIST_DIR, ROOT, run_script
-from test_faults import assert_refused, snapshot
+from conftest import BERNOULLI, MNIST_DIR, ROOT, assert_refused, run_script, snapshot
 
 tf, tf1 = utils.tf, utils.tf1
 
-# The MNIST_bernoulli preset, tiny: 10 steps an epoch; epoch 0 the ELBO, epoch 1 the IWAE bound of 2 samples.
-BERNOULLI = ['--dataset', 'MNIST_bernoulli', '--data_directory', MNIST_DIR, '--z_dim', '4', '--encoder_filters',
-             '4,8,8', '--decoder_filters', '8,4,1', '--num_train_images', '640', '--batch_size', '64',
-             '--summary_every', '10', '--save_every', '1', '--num_epoch', '2', '--iwae_start_epoch', '1',
-             '--train_samples', '2']
 COMMITTED = os.path.join(ROOT, 'MNIST', 'results', 'bernoulli')
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A run folder with model_0 and model_1 of the tiny MNIST_bernoulli preset, trained by vae.py."""
-    run = tmp_path_factory.mktemp('saved_model') / 'run'
-    result = run_script('vae.py', *BERNOULLI, '--run_directory', run)
-    assert result.returncode == 0, result.stderr
-    return run
+@pytest.fixture
+def trained(tiny_run):
+    """A copy of the tiny MNIST_bernoulli run: model_0 (the ELBO) and model_1 (the IWAE bound of 2 samples)."""
+    return tiny_run('bernoulli')
 
 
 def restored(run):
@@ -110,6 +101,8 @@ def assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found):
     close(found['elbo'], elbo)
 
 
+@pytest.mark.slow
+@pytest.mark.process  # the SavedModel in a plain-TensorFlow child, without the repository
 def test_the_saved_model_gives_vae_inferences_numbers_in_plain_tensorflow(trained, tmp_path):
     folder = tmp_path / 'exported'
     result = run_script('vae_inference.py', '--run_directory', trained, '--saved_model', folder)
@@ -265,6 +258,8 @@ def test_fid_records_are_scalars_too(trained, tmp_path, monkeypatch):
         assert scalars(run / 'logs', f'fid/{source}') == {20: pytest.approx(records[source])}
 
 
+@pytest.mark.slow
+@pytest.mark.process  # a live TensorBoard
 def test_the_dashboard_lists_the_runs_with_their_settings_and_metrics(trained, tmp_path):
     """`tensorboard --logdir` over a folder of run folders, asked what its HParams tab shows."""
     runs = tmp_path / 'runs'
