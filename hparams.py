@@ -13,12 +13,14 @@ import time
 
 from tensorboard.plugins.hparams import summary as hparams_summary
 
-import utils
+import config_keys
+import process
+import run_folder
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 # Where a run is and which process trains it say nothing about the model: left out of its hparams.
-LEFT_OUT = utils.PROCESS_KEYS + utils.LOCATION_KEYS
+LEFT_OUT = config_keys.PROCESS_KEYS + config_keys.LOCATION_KEYS
 _FILES = itertools.count()  # metric files written by this process: part of their names, so two never collide
 
 
@@ -26,8 +28,8 @@ def run_hparams(saved):
     """A run's config.json (saved) as hparams: its config keys but LEFT_OUT, and its preset; numbers and booleans
     as they are, lists as typed after their flag (4,8,8). A value unknown to an older config.json (None) is
     left out."""
-    return {key: utils.flag_value(value) if isinstance(value, list) else value for key, value in saved.items()
-            if (key in utils.KEY_TYPES or key == 'preset') and key not in LEFT_OUT and value is not None}
+    return {key: config_keys.flag_value(value) if isinstance(value, list) else value for key, value in saved.items()
+            if (key in config_keys.KEY_TYPES or key == 'preset') and key not in LEFT_OUT and value is not None}
 
 
 # The run's session start: one file, replaced whole at every start of training, named to be read before the
@@ -37,7 +39,7 @@ SESSION_START_FILE = 'events.out.tfevents.0000000000.hparams'
 
 def write_events(folder, name, summaries):
     """An events file `name` in folder holding summaries [(Summary or its bytes, step)], made by a FileWriter in a
-    temporary folder and then written whole (utils.write_atomically): a reader finds all of it or none."""
+    temporary folder and then written whole (process.write_atomically): a reader finds all of it or none."""
     with tempfile.TemporaryDirectory() as temporary:
         writer = tf1.summary.FileWriter(temporary)
         for summary, step in summaries:
@@ -46,7 +48,7 @@ def write_events(folder, name, summaries):
         written, = os.listdir(temporary)
         with open(os.path.join(temporary, written), 'rb') as f:
             events = f.read()
-    utils.write_atomically(os.path.join(folder, name), lambda f: f.write(events))
+    process.write_atomically(os.path.join(folder, name), lambda f: f.write(events))
 
 
 def write_session_start(config):
@@ -54,9 +56,9 @@ def write_session_start(config):
     whatever phase of vae.training_phases this is) as an hparams session start, SESSION_START_FILE in the run's
     log folder. A resume writes it again with config.json's values then (a changed learning rate, a raised
     num_epoch), which a TensorBoard started afterwards shows."""
-    saved = utils.saved_run_config(config) or utils.run_record(config, config.get('steps_per_epoch'))
+    saved = run_folder.read_run_config(config) or run_folder.run_config_record(config, config.get('steps_per_epoch'))
     summary = hparams_summary.session_start_pb(run_hparams(saved)).SerializeToString()
-    write_events(utils.run_path(config, 'log_directory'), SESSION_START_FILE, [(summary, 0)])
+    write_events(run_folder.run_path(config, 'log_directory'), SESSION_START_FILE, [(summary, 0)])
 
 
 def write_metrics(config, epoch, prefix, values):
@@ -64,13 +66,13 @@ def write_metrics(config, epoch, prefix, values):
     step: the end of epoch <epoch>), as an events file of their own in the run's log folder (write_events): the
     HParams dashboard's metric columns, and the Scalars tab. A log folder that cannot be written is a warning: the
     evaluation's record is kept all the same."""
-    step = utils.checkpoint_step(prefix)
+    step = run_folder.checkpoint_step(prefix)
     if step is None and config.get('steps_per_epoch'):
         step = (epoch + 1) * config['steps_per_epoch']
     summary = tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
     # Named like a FileWriter's file, after the moment it is written, with this process and a count.
     name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILES)}.metrics'
     try:
-        write_events(utils.run_path(config, 'log_directory'), name, [(summary, step or 0)])
-    except utils.UserError as error:
+        write_events(run_folder.run_path(config, 'log_directory'), name, [(summary, step or 0)])
+    except process.UserError as error:
         print(f'warning: {error}; TensorBoard will not show {", ".join(values)}')

@@ -5,10 +5,12 @@ without this repository: tf.saved_model.load(DIR).signatures['sample'](count=...
 import json
 import os
 
-import utils
+import config_keys
+import process
+import run_folder
 import vae
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 # What each signature takes and gives ({signature: (inputs, outputs)}, each {key: meaning}); shapes and ranges
 # are those of the run's data: MNIST images are [N, 28, 28, 1] in [0, 1], CelebA's [N, 64, 64, 3] in [-1, 1].
@@ -56,7 +58,7 @@ def signature_tensors(config):
 
 def description(config, epoch):
     """signatures.txt: what the SavedModel holds and what each signature takes and gives, in words."""
-    (height, width, channels), (low, high) = utils.image_shape(config), utils.pixel_range(config)
+    (height, width, channels), (low, high) = config_keys.image_shape(config), config_keys.pixel_range(config)
     lines = [f'model_{epoch} of a {config.get("preset") or config["dataset"]} run (z_dim {config["z_dim"]}, likelihood '
              f'{config["likelihood"]}); H, W, C = {height}, {width}, {channels}; pixels in [{low:g}, {high:g}]; the '
              "run's config.json is beside this file"]
@@ -69,9 +71,9 @@ def description(config, epoch):
 def write_saved_model(config, epoch, prefix, destination):
     """model_<epoch> (checkpoint prefix) as a SavedModel at destination (tf.compat.v1.saved_model.Builder, tag
     'serve'), with SIGNATURES, and the run's config.json and signatures.txt in assets.extra/. Built in a folder
-    beside destination and renamed into place (utils.write_folder_atomically): all or nothing; destination must
+    beside destination and renamed into place (process.write_folder_atomically): all or nothing; destination must
     be new or empty."""
-    record = utils.saved_run_config(config) or utils.run_record(config, config.get('steps_per_epoch'))
+    record = run_folder.read_run_config(config) or run_folder.run_config_record(config, config.get('steps_per_epoch'))
 
     def build(temporary):
         verbosity = tf1.logging.get_verbosity()
@@ -83,7 +85,7 @@ def write_saved_model(config, epoch, prefix, destination):
                 saver = tf1.train.Saver()  # the model's variables only
                 signatures = {name: tf1.saved_model.predict_signature_def(inputs, outputs)
                               for name, (inputs, outputs) in tensors.items()}
-                utils.restore_checkpoint(sess, saver, prefix, config)
+                run_folder.restore_checkpoint(sess, saver, prefix, config)
                 builder = tf1.saved_model.Builder(temporary)
                 builder.add_meta_graph_and_variables(sess, [tf.saved_model.SERVING], signature_def_map=signatures,
                                                      strip_default_attrs=True)
@@ -91,10 +93,10 @@ def write_saved_model(config, epoch, prefix, destination):
         finally:
             tf1.logging.set_verbosity(verbosity)
         extra = os.path.join(temporary, 'assets.extra')  # files for the reader; TensorFlow loads none of them
-        utils.write_atomically(os.path.join(extra, 'config.json'), lambda f: json.dump(record, f, indent=2), 'w')
-        utils.write_atomically(os.path.join(extra, 'signatures.txt'), lambda f: f.write(description(config, epoch)),
-                               'w')
+        process.write_atomically(os.path.join(extra, 'config.json'), lambda f: json.dump(record, f, indent=2), 'w')
+        process.write_atomically(os.path.join(extra, 'signatures.txt'), lambda f: f.write(description(config, epoch)),
+                                 'w')
 
-    utils.write_folder_atomically(destination, build)
+    process.write_folder_atomically(destination, build)
     print(f'wrote {destination}: model_{epoch} as a SavedModel with the signatures {", ".join(SIGNATURES)}; load it '
           f"with tf.saved_model.load('{destination}')")

@@ -21,10 +21,10 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-import utils
+import process
 import vae
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 DEPTH, WIDTH = 3, 512    # Dai & Wipf: 3 and 1024 (second_depth, second_dim); half the width for 2 CPU cores
 BATCH_SIZE = 128

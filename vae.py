@@ -9,7 +9,8 @@ The model first: layers, encoder, decoder, likelihoods and KL; build_vae, the on
 vae_inference.py, the tests and the benchmarks use; the inference graph and a model restored in a session of its
 own (all that vae_inference.py uses). Then the training: the training graph, the saves, the training loop (one
 loop, for one process and for a cluster worker), main. The data lives in datasets.py, several devices and
-machines in deploy.py, the command line, run folders and pictures in utils.py.
+machines in deploy.py, the command line in command_line.py, run folders in run_folder.py and pictures in
+pictures.py.
 """
 import collections
 import contextlib
@@ -25,13 +26,17 @@ if __name__ == '__main__':  # Ctrl-C while TensorFlow loads ends the script quie
 import numpy as np
 from tqdm import tqdm
 
+import command_line
+import config_keys
 import datasets
 import deploy
 import hparams
-import utils
-from utils import UserError
+import pictures
+import process
+import run_folder
+from process import UserError
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 MIN_STD = 1e-6  # floor under the softplus so log(z_std) in the KL stays finite
 # Graph collections, in step: each training batch norm's moving averages and the batch moments they follow.
@@ -142,11 +147,11 @@ def decoder(z, config, training):
     """
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         k, stddev, epsilon = config['kernel_size'], config['init_stddev'], config['bn_epsilon']
-        start = utils.encoder_output_shape(config)
+        start = config_keys.encoder_output_shape(config)
         units = int(np.prod(start))
         h = normalized_relu(lambda fold: dense(z, units, 'fc', stddev, fold), 'bn_fc', units, training, epsilon)
         h = tf.reshape(h, [-1, *start])
-        shape = utils.image_shape(config)
+        shape = config_keys.image_shape(config)
         layers = list(zip(config['decoder_filters'], config['decoder_strides']))
         for i, (filters, stride) in enumerate(layers):
             if config['output_head'] != 'dense_sigmoid' and i == len(layers) - 1:
@@ -167,7 +172,7 @@ def decoded_image(logits, config):
 def fixed_decoder_variance(config):
     """sigma^2 of the 'gaussian' decoder, kl_weight * D / 2 for D pixels: the variance under which the original
     loss, MSE + kl_weight * KL, is kl_weight times the negative ELBO in nats, up to a constant (loss_scale)."""
-    return config['kl_weight'] * int(np.prod(utils.image_shape(config))) / 2
+    return config['kl_weight'] * int(np.prod(config_keys.image_shape(config))) / 2
 
 
 def loss_scale(config):
@@ -181,7 +186,7 @@ def decoder_log_variance(config):
     or global) for 'gaussian_learned', floored at decoder_min_variance."""
     if config['likelihood'] == 'gaussian':
         return tf.constant(np.log(fixed_decoder_variance(config)), tf.float32)
-    shape = utils.image_shape(config) if config['decoder_variance'] == 'pixel' else []
+    shape = config_keys.image_shape(config) if config['decoder_variance'] == 'pixel' else []
     with tf1.variable_scope('decoder', reuse=tf1.AUTO_REUSE):
         raw = tf1.get_variable('log_variance', shape, initializer=tf1.zeros_initializer())
     return tf.math.log(config['decoder_min_variance'] + tf.exp(raw))
@@ -263,7 +268,7 @@ Endpoints = collections.namedtuple('Endpoints', [
 
 
 def build_vae(images, config, training, annealing=1.0):
-    """The VAE on a batch of images in the data's pixel range (utils.pixel_range). Training decodes
+    """The VAE on a batch of images in the data's pixel range (config_keys.pixel_range). Training decodes
     train_samples reparameterised samples of q(z|x) per image; inference decodes the posterior mean, so
     reconstructions are deterministic.
 
@@ -323,7 +328,7 @@ InferenceGraph = collections.namedtuple('InferenceGraph', [
 def build_inference_graph(config):
     """Reconstructing, scoring and decoding with the moving averages of batch norm (training=False)."""
     tf1.set_random_seed(config['seed'])  # op determinism refuses unseeded random ops, initialisers included
-    images = tf1.placeholder(tf.float32, [None, *utils.image_shape(config)], name='eval_images')
+    images = tf1.placeholder(tf.float32, [None, *config_keys.image_shape(config)], name='eval_images')
     z = tf1.placeholder(tf.float32, [None, config['z_dim']], name='eval_z')
     k = tf1.placeholder(tf.int32, [], name='k')
     noise_seed = tf1.placeholder_with_default(tf.constant([0, 0], tf.int64), [2], name='noise_seed')
@@ -351,7 +356,7 @@ def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
 def restored_model(config, checkpoint=None, build=build_inference_graph):
     """(session, outputs, saver): build(config)'s outputs (build_inference_graph's, by default) in a finalized graph
     of their own, with a Saver of the model's variables alone (no step counter, no optimizer slots), and a
-    session holding checkpoint's weights (shape-checked, utils.restore_checkpoint) when one is given. What
+    session holding checkpoint's weights (shape-checked, run_folder.restore_checkpoint) when one is given. What
     vae_inference.py restores, exports and evaluates, and what scores a mixed-precision run in float32."""
     graph = tf.Graph()
     with graph.as_default():
@@ -361,7 +366,7 @@ def restored_model(config, checkpoint=None, build=build_inference_graph):
     sess = tf1.Session(graph=graph, config=deploy.session_config(config))
     if checkpoint:
         try:
-            utils.restore_checkpoint(sess, saver, checkpoint, config)
+            run_folder.restore_checkpoint(sess, saver, checkpoint, config)
         except BaseException:
             sess.close()
             raise
@@ -427,7 +432,7 @@ def build_training_graph(config, steps_per_epoch, train=None, cluster=None):
     tf1.set_random_seed(config['seed'])  # seeds the initial weights and the sampling noise
     if train is None:
         training_input = None
-        images = tf1.placeholder(tf.float32, [config['batch_size'], *utils.image_shape(config)], name='images')
+        images = tf1.placeholder(tf.float32, [config['batch_size'], *config_keys.image_shape(config)], name='images')
     else:
         training_input = datasets.input_pipeline(config, train,
                                                  (len(cluster['worker']), config['task']) if cluster else None)
@@ -484,10 +489,10 @@ def save_grids(sess, model, config, epoch, fixed_images, latents, writer):
         {inference.images: fixed_images, inference.z: latents})
     for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
                         ('gen_directory', generations)):
-        path = os.path.join(utils.run_path(config, key), f'epoch_{epoch:04d}.png')
-        utils.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}',
-                        value_range=utils.pixel_range(config))
-        writer.add_summary(utils.png_summary(config[key], path), step)
+        path = os.path.join(run_folder.run_path(config, key), f'epoch_{epoch:04d}.png')
+        pictures.save_grid(path, images, GRID_SIDE, GRID_SIDE, title=f'epoch {epoch}',
+                           value_range=config_keys.pixel_range(config))
+        writer.add_summary(pictures.png_summary(config[key], path), step)
     writer.flush()
 
 
@@ -498,7 +503,7 @@ def float32_restorer(config):
     sess, inference, saver = restored_model(config)
 
     def restore(checkpoint):
-        utils.restore_checkpoint(sess, saver, checkpoint, config)
+        run_folder.restore_checkpoint(sess, saver, checkpoint, config)
         return sess, inference
     return restore
 
@@ -521,9 +526,9 @@ def save_checkpoint(sess, model, config, name):
     """The variables as checkpoint <name> in the model folder; a failed write (a full disk, say) is a one-line
     error. TensorFlow writes under temporary names and renames the .index last, so the newer checkpoints on disk
     are whole whatever happens."""
-    path = os.path.join(utils.run_path(config, 'model_directory'), name)
-    if os.path.exists(path + '.index') and utils.checkpoint_problem(path):  # skipped at resume: kept aside
-        aside = utils.keep_aside(path)
+    path = os.path.join(run_folder.run_path(config, 'model_directory'), name)
+    if os.path.exists(path + '.index') and run_folder.checkpoint_problem(path):  # skipped at resume: kept aside
+        aside = run_folder.keep_aside(path)
         print(f'warning: {path} does not read back; kept as {aside}.* and written again')
     if os.path.exists(path + '.index'):
         raise UserError(f'{path} exists already and is never replaced (another run\'s checkpoint in this folder?); '
@@ -562,9 +567,9 @@ def save_epoch(sess, model, config, evaluation, epoch, writer, non_finite):
 
 def save_interrupted(sess, model, config, step):
     """Checkpoint interrupted_<step> mid-epoch, then drop older interrupted_* checkpoints it supersedes."""
-    model_directory = utils.run_path(config, 'model_directory')
+    model_directory = run_folder.run_path(config, 'model_directory')
     path = save_checkpoint(sess, model, config, f'interrupted_{step}')
-    for old_step, old_prefix in utils.list_checkpoints(model_directory, 'interrupted').items():
+    for old_step, old_prefix in run_folder.list_checkpoints(model_directory, 'interrupted').items():
         if old_step < step:
             for file in glob.glob(glob.escape(old_prefix) + '.*'):
                 os.remove(file)
@@ -597,7 +602,7 @@ Role = collections.namedtuple('Role', [
 
 def non_finite_error(config, role, what, step):
     """The one-line stop for a non-finite loss, gradient or weight: where, the checkpoint kept, what to do."""
-    last_good = utils.latest_checkpoint(config)[0] if role.chief else "the chief's newest"
+    last_good = run_folder.latest_checkpoint(config)[0] if role.chief else "the chief's newest"
     return UserError(f'{what} at step {step} of epoch {step // role.steps_per_epoch}{role.label}; nothing was saved '
                      f'after it, the last good checkpoint is {last_good}; lower --learning_rate and '
                      f'{role.restart_hint}')
@@ -610,7 +615,7 @@ def training_loop(sess, model, config, data, role, stop_signal):
     Returns (per-epoch mean losses, steps run here, the global step reached)."""
     step = int(sess.raw(lambda s: s.run(model.global_step)))
     per_epoch, every = role.steps_per_epoch, config['summary_every']
-    writer = tf1.summary.FileWriter(utils.run_path(config, 'log_directory'), model.global_step.graph) \
+    writer = tf1.summary.FileWriter(run_folder.run_path(config, 'log_directory'), model.global_step.graph) \
         if role.chief else None
     evaluation = evaluation_set(config, data) if role.chief else None
     fetches = {'train': model.train_op, 'finite': model.finite, 'step': model.step_after_update,
@@ -682,7 +687,7 @@ def session_and_role(config, data, graph, model, cluster, server, checkpoint, st
     task, workers, chief = config['task'], len(cluster['worker']), deploy.is_chief(config, cluster)
     restart = ' after the parameter servers (synchronous mode)' if config['sync_replicas'] else ''
     print(f'worker {task} of {workers} ({"chief" if chief else "not chief"}) on {cluster["worker"][task]}: '
-          f'{len(data["train"])} images, {steps_per_epoch} steps of {utils.images_per_update(config)} '
+          f'{len(data["train"])} images, {steps_per_epoch} steps of {config_keys.images_per_update(config)} '
           f'images an epoch, {"synchronous" if config["sync_replicas"] else "asynchronous"} updates', flush=True)
     return deploy.cluster_session(config, cluster, server, graph, model, checkpoint, last_step), Role(
         chief, steps_per_epoch, last_step, False, f' on worker {task}',
@@ -719,13 +724,13 @@ def train(config, data, cluster=None):
                         f'its graphs together); train the cluster with --objective elbo --num_epoch '
                         f'{config["iwae_start_epoch"]}, then again with --objective iwae --iwae_start_epoch 0')
     chief = deploy.is_chief(config, cluster)
-    steps_per_epoch = utils.steps_per_epoch(config, len(data['train']))
+    steps_per_epoch = config_keys.steps_per_epoch(config, len(data['train']))
     if chief:
-        utils.check_epoch_length(config, steps_per_epoch)
+        run_folder.check_epoch_length(config, steps_per_epoch)
     print(deploy.precision_line(config), flush=True)
     server = deploy.start_server(config, cluster) if cluster else None
     if chief:
-        utils.make_run_folders(config)
+        run_folder.make_run_folders(config)
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
     if phases[-1] is not config:
@@ -733,7 +738,7 @@ def train(config, data, cluster=None):
               f'epoch {config["iwae_start_epoch"]}, iwae_start_epoch)', flush=True)
     epoch_losses = []
     # One collection of SIGINT / SIGTERM for every phase: a signal between two phases is taken at the next step.
-    with utils.stop_requests(enabled=chief) as stop_signal:
+    with process.stop_requests(enabled=chief) as stop_signal:
         for phase in phases:
             if len(phases) > 1 and phase is config:
                 print(f'objective: the IWAE bound of {config["train_samples"]} samples from epoch '
@@ -749,7 +754,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
     graph = tf.Graph()
     with graph.as_default(), deploy.variable_placement(phase, cluster):
         model = build_training_graph(phase, steps_per_epoch, data['train'], cluster)
-    with utils.run_folder_lock(config) if chief else contextlib.nullcontext():
+    with run_folder.run_folder_lock(config) if chief else contextlib.nullcontext():
         checkpoint = resume_point(phase) if chief else None
         session, role = session_and_role(phase, data, graph, model, cluster, server, checkpoint, steps_per_epoch)
         with session as sess:
@@ -766,7 +771,7 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
                              f'{trained} epochs (step {step}), more than num_epoch {config["num_epoch"]}')
                           + '; raise --num_epoch to go on, or pass --fresh to start a new run')
                     return []
-                utils.save_run_config(config, steps_per_epoch)
+                run_folder.write_run_config(config, steps_per_epoch)
                 hparams.write_session_start(config)  # its settings, for TensorBoard's HParams dashboard
             epoch_losses, steps_here, step = training_loop(sess, model, phase, data, role, stop_signal)
     if cluster:
@@ -779,11 +784,11 @@ def train_phase(phase, config, data, cluster, server, chief, steps_per_epoch, st
 
 def resume_point(config):
     """The checkpoint a training run resumes from (None: a fresh start). The resolved config is the run's own
-    (utils.parse_command_line) and its epoch length was checked (utils.check_epoch_length); a folder with a
+    (command_line.parse_command_line) and its epoch length was checked (run_folder.check_epoch_length); a folder with a
     config.json but no checkpoint must hold this run's."""
-    if not utils.has_checkpoints(config['run_directory'], config):
-        utils.check_run_config(config)
-    return utils.latest_checkpoint(config)[0]
+    if not run_folder.has_checkpoints(config['run_directory'], config):
+        run_folder.check_run_config_matches(config)
+    return run_folder.latest_checkpoint(config)[0]
 
 
 # vae.py's own command-line flags (every config key is one too): {name: (default, meaning)}, None for a switch.
@@ -791,7 +796,7 @@ FLAGS = {'fresh': (None, 'start over in a new run folder (<run_directory>-2, -3,
 
 
 def main(argv):
-    config, _ = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True, training=True)
+    config, _ = command_line.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True, training=True)
     cluster = deploy.cluster_from_config(config)
     if cluster and config['job_name'] == 'ps':
         deploy.serve_parameters(config, cluster)
@@ -800,4 +805,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.exit_on_user_error(lambda: main(sys.argv[1:]))
+    process.exit_on_user_error(lambda: main(sys.argv[1:]))

@@ -29,16 +29,20 @@ import imageio.v3 as iio
 import numpy as np
 from tqdm import tqdm
 
+import command_line
+import config_keys
 import datasets
 import fid
 import hparams
+import process
+import run_folder
 import saved_model
 import two_stage
-import utils
 import vae
-from utils import UserError
+from pictures import epoch_frames, image_grid, save_figure, save_gif, save_grid
+from process import UserError
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 GRID_COLUMNS = 10        # images per row of the grids
 RECONSTRUCTED_ROWS = 5   # pairs of rows (originals, reconstructions) in reconstructions.png
@@ -55,21 +59,21 @@ ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al.: a unit is active when Var_x(E_q[z_j
 def restore(config, checkpoint=None):
     """A session holding the inference graph with the weights of model_<checkpoint> (default: the newest, the one
     with the most training steps, as for training), and its prefix."""
-    model_directory = utils.run_path(config, 'model_directory')
-    checkpoints = utils.list_checkpoints(model_directory)
+    model_directory = run_folder.run_path(config, 'model_directory')
+    checkpoints = run_folder.list_checkpoints(model_directory)
     if not checkpoints:
-        interrupted = utils.list_checkpoints(model_directory, 'interrupted')
+        interrupted = run_folder.list_checkpoints(model_directory, 'interrupted')
         raise UserError(f'no checkpoint model_<epoch> in {model_directory}'
                         + (f' (only interrupted_{max(interrupted)}, mid-epoch); run python vae.py --run_directory '
                            f'{config["run_directory"]} to finish the epoch' if interrupted else
                            '; train first with python vae.py (same --dataset / --run_directory)'))
-    utils.check_epoch_length(config)  # a model_<N> of another run is refused by name
+    run_folder.check_epoch_length(config)  # a model_<N> of another run is refused by name
     if checkpoint is None:
         checkpoint = max(checkpoints)
     if checkpoint not in checkpoints:
         raise UserError(f'no checkpoint model_{checkpoint} in {model_directory}; it has epochs '
                         f'{", ".join(map(str, checkpoints))}')
-    problem = utils.checkpoint_problem(checkpoints[checkpoint])
+    problem = run_folder.checkpoint_problem(checkpoints[checkpoint])
     if problem:
         earlier = [str(epoch) for epoch in checkpoints if epoch != checkpoint]
         raise UserError(f'{checkpoints[checkpoint]} cannot be read ({problem}); '
@@ -98,15 +102,10 @@ def interleave_rows(originals, reconstructions, columns):
 
 # ---------------------------------------------------------------- numbers
 
-def log_mean_exp(values, axis=0):
+def numpy_log_mean_exp(values, axis=0):
     """log(mean(exp(values))) along axis, without overflow or underflow (vae.log_mean_exp, in float64 numpy)."""
     peak = np.max(values, axis=axis, keepdims=True)
     return np.squeeze(peak, axis) + np.log(np.mean(np.exp(values - peak), axis=axis))
-
-
-def decodes_per_run(config, memory=None):
-    """Decoder passes one session.run of the bound may make (utils.decodes_per_run within IWAE_MEMORY)."""
-    return utils.decodes_per_run(config, memory or IWAE_MEMORY)
 
 
 def importance_weighted_bound(sess, outputs, config, images, k, progress_path=None, weights=''):
@@ -120,7 +119,7 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
     goes on from them: the file names the weights (their digest, `weights`), the images, k, the split and the
     seeding, and progress of anything else is never used. A damaged file is a warning and a fresh start. The
     progress bar shows the rate and the time left (in a log, a line a minute)."""
-    decodes = decodes_per_run(config)
+    decodes = config_keys.decodes_per_run(config, IWAE_MEMORY)
     images_per_run = max(1, min(len(images), decodes // k))
     samples_per_run = min(k, decodes)
     identity = (f'weights={weights} k={k} runs={images_per_run}x{samples_per_run} noise=stateless(first image, '
@@ -143,7 +142,7 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
                 bar.update(chunk * len(batch))
             log_weights = np.concatenate(log_weights).astype(np.float64)
             elbo[done:done + len(batch)] = log_weights.mean(axis=0)
-            iwae[done:done + len(batch)] = log_mean_exp(log_weights, axis=0)
+            iwae[done:done + len(batch)] = numpy_log_mean_exp(log_weights, axis=0)
             done += len(batch)
             keep(done, scores)
     return elbo, iwae
@@ -177,11 +176,11 @@ def progress_keeper(path, identity, count, what):
     every SAVE_SECONDS, and on SIGINT / SIGTERM, which then exit with 128 + signal and a line saying how to go
     on. path None: nothing is saved and the signals are left alone."""
     last_save = time.monotonic()
-    with utils.stop_requests(enabled=path is not None) as stop_signal:
+    with process.stop_requests(enabled=path is not None) as stop_signal:
         def keep(done, arrays):
             nonlocal last_save
             if path and (stop_signal or time.monotonic() - last_save > SAVE_SECONDS):
-                utils.write_atomically(path, lambda f: np.savez(f, identity=identity, done=done, **arrays))
+                process.write_atomically(path, lambda f: np.savez(f, identity=identity, done=done, **arrays))
                 last_save = time.monotonic()
             if stop_signal:
                 print(f'\n{signal.Signals(stop_signal[0]).name}: {done} of {count} {what} scored, saved in {path}; '
@@ -201,9 +200,9 @@ def bits_per_dim(nats, config):
     pixel's 8-bit bin is its density times the bin's width (256 bins over the pixel range, far narrower than the
     decoder's noise), so the discrete negative log-likelihood adds D * log(256 / range) nats: 8 bits/dim for
     pixels in [0, 1], 7 for [-1, 1]. A density alone can go below zero and compares with nothing."""
-    dimensions = int(np.prod(utils.image_shape(config)))
+    dimensions = int(np.prod(config_keys.image_shape(config)))
     if config['likelihood'] != 'bernoulli':
-        low, high = utils.pixel_range(config)
+        low, high = config_keys.pixel_range(config)
         nats = nats + dimensions * np.log(256 / (high - low))
     return nats / (dimensions * np.log(2))
 
@@ -224,7 +223,7 @@ def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     mse = np.mean(np.square(images - reconstructions), axis=(1, 2, 3))
     kl = rates.sum(axis=1)
     elbo, iwae = importance_weighted_bound(sess, outputs, config, images, k, progress_path, weights)
-    low, high = utils.pixel_range(config)
+    low, high = config_keys.pixel_range(config)
     peak = high - low  # PSNR's peak signal: 1 for MNIST in [0, 1], 2 for CelebA in [-1, 1]
     standard_error = lambda values: float(np.std(values) / np.sqrt(len(values)))
     return {
@@ -326,7 +325,7 @@ def save_scatter(path, z_means, labels, title):
     axes.set_ylabel('z2' if z_means.shape[1] == 2 else 'principal component 2')
     figure.tight_layout()
     try:
-        utils.save_figure(path, figure)
+        save_figure(path, figure)
     finally:
         plt.close(figure)
 
@@ -362,14 +361,14 @@ def epoch_curves(config):
     """{tag: (epochs, values)} of the run's scalar summaries (no checkpoint needed): each global step as a
     fractional epoch, at the run's steps_per_epoch (config.json's; for a folder from before it recorded that,
     the newest model_<N>'s step, which ends epoch N)."""
-    curves = read_training_curves(utils.run_path(config, 'log_directory'))
+    curves = read_training_curves(run_folder.run_path(config, 'log_directory'))
     if 'loss' not in curves:
-        raise UserError(f'no training summaries in {utils.run_path(config, "log_directory")}; '
+        raise UserError(f'no training summaries in {run_folder.run_path(config, "log_directory")}; '
                         'train first with python vae.py')
     steps_per_epoch = config.get('steps_per_epoch')
     if steps_per_epoch is None:
-        checkpoints = utils.list_checkpoints(utils.run_path(config, 'model_directory'))
-        step = utils.checkpoint_step(checkpoints[max(checkpoints)]) if checkpoints else None
+        checkpoints = run_folder.list_checkpoints(run_folder.run_path(config, 'model_directory'))
+        step = run_folder.checkpoint_step(checkpoints[max(checkpoints)]) if checkpoints else None
         if step is None:
             raise UserError(f'{config["run_directory"]}/config.json does not record steps_per_epoch and no '
                             'model_<N> checkpoint gives it; the curves need one of them')
@@ -394,7 +393,7 @@ def save_training_curves(path, curves):
             axis.set_yscale('log')
     figure.tight_layout()
     try:
-        utils.save_figure(path, figure)
+        save_figure(path, figure)
     finally:
         plt.close(figure)
 
@@ -411,7 +410,7 @@ def picture_path(config, name, epoch):
 
 def write_grid(config, name, epoch, images, rows, columns, title):
     path = picture_path(config, name, epoch)
-    utils.save_grid(path, images, rows, columns, title=title, value_range=utils.pixel_range(config))
+    save_grid(path, images, rows, columns, title=title, value_range=config_keys.pixel_range(config))
     print(f'wrote {path}')
 
 
@@ -429,7 +428,7 @@ def evaluation_records(run_directory):
     records = {}
     for path in sorted(glob.glob(os.path.join(glob.escape(str(run_directory)), EVALUATIONS, '*.json'))):
         try:
-            records[path] = json.loads(utils.read_text(path, 'evaluation record'))
+            records[path] = json.loads(process.read_text(path, 'evaluation record'))
         except (UserError, ValueError) as error:
             print(f'warning: skipping {path} ({error})')
     return records
@@ -443,7 +442,7 @@ def write_record(path, record):
         broken = [key for key, value in record.items() if isinstance(value, float) and not np.isfinite(value)]
         raise UserError(f'the metrics {", ".join(broken)} are not finite: this checkpoint does not score; '
                         f'nothing was written') from None
-    utils.write_atomically(path, lambda f: f.write(text), 'w')
+    process.write_atomically(path, lambda f: f.write(text), 'w')
     print(f'wrote {path}')
 
 
@@ -453,7 +452,7 @@ def kept_record(path, keys):
     if not os.path.lexists(path):
         return None
     try:
-        record = json.loads(utils.read_text(path, 'evaluation record'))
+        record = json.loads(process.read_text(path, 'evaluation record'))
         if isinstance(record, dict) and all(key in record for key in keys):
             return record
     except (UserError, ValueError):
@@ -464,7 +463,7 @@ def kept_record(path, keys):
 
 def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     """The IWAE evaluation of model_<epoch> as its own record; an evaluation already kept is printed, not redone."""
-    weights = utils.checkpoint_digest(prefix)
+    weights = run_folder.checkpoint_digest(prefix)
     path = evaluation_path(config, epoch, weights, test_images, 'iwae', f'k{k}')
     kept = kept_record(path, ('test_images', 'iwae_k', 'negative_iwae_nats'))
     if kept:
@@ -514,14 +513,14 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
 
 def write_gif(config):
     """generations.gif from the op-gen frames training wrote."""
-    frames = utils.epoch_frames(utils.run_path(config, 'gen_directory'))
+    frames = epoch_frames(run_folder.run_path(config, 'gen_directory'))
     if frames:
         path = os.path.join(config['run_directory'], 'generations.gif')
-        utils.save_gif(path, [frame for _, frame in frames])
+        save_gif(path, [frame for _, frame in frames])
         print(f'wrote {path} ({len(frames)} frame{"s" if len(frames) > 1 else ""}, epochs {frames[0][0]} to '
               f'{frames[-1][0]})')
     else:
-        print(f'no op-gen frames in {utils.run_path(config, "gen_directory")}: generations.gif not written')
+        print(f'no op-gen frames in {run_folder.run_path(config, "gen_directory")}: generations.gif not written')
 
 
 def write_projector(config, epoch, z_means, images, labels):
@@ -534,12 +533,12 @@ def write_projector(config, epoch, z_means, images, labels):
     count = min(len(z_means), PROJECTOR_POINTS)
     height, width = images.shape[1:3]
     side = int(np.ceil(np.sqrt(count)))
-    folder = utils.run_path(config, 'log_directory')
+    folder = run_folder.run_path(config, 'log_directory')
     path = os.path.join(folder, 'projector_config.pbtxt')
     projector_config = projector.ProjectorConfig()
     if os.path.exists(path):  # the other checkpoints' embeddings stay
         try:
-            text_format.Parse(utils.read_text(path, 'projector config'), projector_config)
+            text_format.Parse(process.read_text(path, 'projector config'), projector_config)
         except (UserError, text_format.ParseError) as error:
             print(f'warning: {path} is damaged ({error}); writing it anew')
             projector_config = projector.ProjectorConfig()
@@ -550,20 +549,20 @@ def write_projector(config, epoch, z_means, images, labels):
     embedding = projector_config.embeddings.add()
     embedding.tensor_name = f'{suffix}: test posterior means ({count} images, z_dim {z_means.shape[1]})'
     embedding.tensor_path = f'projector_means_{suffix}.tsv'
-    utils.write_atomically(os.path.join(folder, embedding.tensor_path),
-                           lambda f: np.savetxt(f, z_means[:count], fmt='%.6g', delimiter='\t'))
+    process.write_atomically(os.path.join(folder, embedding.tensor_path),
+                             lambda f: np.savetxt(f, z_means[:count], fmt='%.6g', delimiter='\t'))
     if labels is not None:  # one column: no header line
         embedding.metadata_path = f'projector_labels_{suffix}.tsv'
-        utils.write_atomically(os.path.join(folder, embedding.metadata_path),
-                               lambda f: f.write(''.join(f'{label}\n' for label in labels[:count])), 'w')
+        process.write_atomically(os.path.join(folder, embedding.metadata_path),
+                                 lambda f: f.write(''.join(f'{label}\n' for label in labels[:count])), 'w')
     embedding.sprite.image_path = f'projector_sprite_{suffix}.png'
     embedding.sprite.single_image_dim.extend([width, height])
-    sprite = utils.image_grid(images[:count], side, side, utils.pixel_range(config))
-    utils.write_atomically(os.path.join(folder, embedding.sprite.image_path),
-                           lambda f: iio.imwrite(f, sprite[..., 0] if sprite.shape[-1] == 1 else sprite,
-                                                 extension='.png'))
+    sprite = image_grid(images[:count], side, side, config_keys.pixel_range(config))
+    process.write_atomically(os.path.join(folder, embedding.sprite.image_path),
+                             lambda f: iio.imwrite(f, sprite[..., 0] if sprite.shape[-1] == 1 else sprite,
+                                                   extension='.png'))
     text = text_format.MessageToString(projector_config)
-    utils.write_atomically(path, lambda f: f.write(text), 'w')
+    process.write_atomically(path, lambda f: f.write(text), 'w')
     print(f'wrote {path} ({count} points{" with labels" if labels is not None else ""}); '
           f'tensorboard --logdir {folder} shows them under Projector')
 
@@ -573,33 +572,34 @@ def export_run(config, epoch, folder):
     run's config.json, its op-gen frames (generations.gif) and its TensorBoard logs (--curves): what
     vae_inference.py needs to restore, evaluate and picture it anywhere. Built beside `folder` and renamed into
     place: all or nothing; `folder` must be new or empty."""
-    source = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    source = run_folder.list_checkpoints(run_folder.run_path(config, 'model_directory'))[epoch]
     run, target = os.path.realpath(config['run_directory']), os.path.realpath(folder)
     if os.path.commonpath([run, target]) == run:
         raise UserError(f'--export {folder} is inside the run folder {config["run_directory"]}; choose a folder '
                         'outside it')
     # The run's own config.json, training settings and record included, so the copy says how it was trained.
-    record = {**(utils.saved_run_config(config) or utils.run_record(config, config.get('steps_per_epoch'))),
+    record = {**(run_folder.read_run_config(config)
+                 or run_folder.run_config_record(config, config.get('steps_per_epoch'))),
               'run_directory': folder}
 
     def build(temporary):
         inside = {**config, 'run_directory': temporary}
-        utils.make_run_folders(inside)
+        run_folder.make_run_folders(inside)
         sess, _, saver = vae.restored_model(config, source)  # the model's variables only
         with sess:
-            saver.save(sess, os.path.join(utils.run_path(inside, 'model_directory'), f'model_{epoch}'),
+            saver.save(sess, os.path.join(run_folder.run_path(inside, 'model_directory'), f'model_{epoch}'),
                        write_meta_graph=False, write_state=False)
-        utils.write_atomically(os.path.join(temporary, 'config.json'), lambda f: json.dump(record, f, indent=2),
-                               'w')
-        frames = utils.run_path(inside, 'gen_directory')
+        process.write_atomically(os.path.join(temporary, 'config.json'), lambda f: json.dump(record, f, indent=2),
+                                 'w')
+        frames = run_folder.run_path(inside, 'gen_directory')
         os.makedirs(frames, exist_ok=True)
-        for _, path in utils.epoch_frames(utils.run_path(config, 'gen_directory')):
+        for _, path in epoch_frames(run_folder.run_path(config, 'gen_directory')):
             shutil.copy(path, frames)
-        for path in glob.glob(os.path.join(glob.escape(utils.run_path(config, 'log_directory')),
+        for path in glob.glob(os.path.join(glob.escape(run_folder.run_path(config, 'log_directory')),
                                            'events.out.tfevents.*')):
-            shutil.copy(path, utils.run_path(inside, 'log_directory'))
+            shutil.copy(path, run_folder.run_path(inside, 'log_directory'))
 
-    utils.write_folder_atomically(folder, build)
+    process.write_folder_atomically(folder, build)
     print(f'wrote {folder}: model_{epoch} (weights only), config.json, {config["gen_directory"]}/ and the '
           f'TensorBoard logs; restore it with python vae_inference.py --run_directory {folder}')
 
@@ -614,7 +614,7 @@ SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM 
 
 def inception_pixels(images, config):
     """Model-range images as Inception's [0, 255] pixels (a Bernoulli decoder's pixel probabilities are grey)."""
-    low, high = utils.pixel_range(config)
+    low, high = config_keys.pixel_range(config)
     return np.clip((np.asarray(images, np.float32) - low) * (255 / (high - low)), 0, 255)
 
 
@@ -662,7 +662,7 @@ def kept_arrays(path, what, valid, compute):
                 return arrays
             print(f'warning: {path} does not hold {what} for this run; computing it again')
     arrays = compute()
-    utils.write_atomically(path, lambda f: np.savez(f, **arrays))
+    process.write_atomically(path, lambda f: np.savez(f, **arrays))
     print(f'wrote {path}: {what}')
     return arrays
 
@@ -748,7 +748,7 @@ def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     if sampler == 'prior':
         return vae.fixed_latents(config, count)
     if sampler == 'two_stage':
-        stage = second_stage(sess, outputs, config, data, epoch, utils.checkpoint_digest(prefix), options)
+        stage = second_stage(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
         return two_stage.sample(stage, count, config['seed'])
     z_means = training_posterior_means(sess, outputs, config, data)
     if len(z_means) < GMM_COMPONENTS:
@@ -762,7 +762,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
     """The FID of the test set's reconstructions and of --fid_samples decodes of --sampler's latents, against the
     test images (their grey levels, never binarised), each kept as its own record in evaluations/."""
     test_images = data['test_images'][:options['num_test'] or None]
-    weights = utils.checkpoint_digest(prefix)
+    weights = run_folder.checkpoint_digest(prefix)
     inception = fid.load_weights(fid.weights_path(config['fid_cache_directory'], options['fid_weights'] or None))
     extract = fid.feature_extractor(inception, progress=False)  # resumable_features shows the progress
     real = test_statistics(config, extract, test_images)
@@ -831,7 +831,7 @@ FLAGS = {
 
 
 def main(argv):
-    config, options = utils.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
+    config, options = command_line.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
     if not 0 < options['k'] <= MAX_K or options['num_test'] < 0:
         raise UserError(f'--k must be in 1..{MAX_K:,} (the literature protocol: 5000) and --num_test zero (all) or '
                         'positive')
@@ -856,7 +856,7 @@ def main(argv):
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
-    prefix = utils.list_checkpoints(utils.run_path(config, 'model_directory'))[epoch]
+    prefix = run_folder.list_checkpoints(run_folder.run_path(config, 'model_directory'))[epoch]
     if options['saved_model']:  # the checkpoint alone, as a SavedModel (saved_model.py)
         sess.close()
         return saved_model.write_saved_model(config, epoch, prefix, options['saved_model'])
@@ -901,4 +901,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.exit_on_user_error(lambda: main(sys.argv[1:]))
+    process.exit_on_user_error(lambda: main(sys.argv[1:]))

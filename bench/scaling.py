@@ -21,12 +21,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
+import command_line  # noqa: E402
 import config as config_module  # noqa: E402
+import config_keys  # noqa: E402
 import deploy  # noqa: E402
-import utils  # noqa: E402
 import vae  # noqa: E402
+from process import exit_on_user_error, tf  # noqa: E402
 
-tf = utils.tf
 tf1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
@@ -79,15 +80,15 @@ def parameter_count(config):
     """Floats in the variables a worker reads every step (weights and batch-norm averages; Adam's slots stay
     on the parameter servers) and, of them, the trainable ones whose gradients it sends back."""
     with tf.Graph().as_default():
-        vae.build_vae(tf1.placeholder(tf.float32, [None, *utils.image_shape(config)]), config, training=True)
+        vae.build_vae(tf1.placeholder(tf.float32, [None, *config_keys.image_shape(config)]), config, training=True)
         count = lambda variables: sum(int(np.prod(v.shape)) for v in variables)
         return count(tf1.global_variables()), count(tf1.trainable_variables())
 
 
 def main(argv):
     defaults = ['--num_train_images', '15360', '--num_epoch', '6', '--save_every', '1000', '--summary_every', '1000']
-    config, options = utils.parse_command_line(defaults + argv, {'repeats': (2, 'timed rounds of every case')},
-                                               __doc__.split('\n\n')[0])
+    config, options = command_line.parse_command_line(defaults + argv, {'repeats': (2, 'timed rounds of every case')},
+                                                      __doc__.split('\n\n')[0])
     if not os.path.isdir(os.path.join(ROOT, config['data_directory'])) and os.path.isdir(MNIST):
         config['data_directory'] = MNIST
     args = [f'--{key}={value}' for key, value in config.items() if isinstance(value, (int, float, str))] + \
@@ -105,7 +106,7 @@ def main(argv):
 
     print(f'\n{config["dataset"]} model, batch_size {batch}, {config["num_train_images"]} images, '
           f'{os.cpu_count()} cores; median of {options["repeats"]} rounds\n')
-    print(f'| case | images a step | steps/s | images/s | steps/s vs 1 tower |')
+    print('| case | images a step | steps/s | images/s | steps/s vs 1 tower |')
     print('| --- | ---: | ---: | ---: | ---: |')
     base = np.median(rates['1 tower'])
     for name in CASES:
@@ -121,4 +122,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.exit_on_user_error(lambda: main(sys.argv[1:]))
+    exit_on_user_error(lambda: main(sys.argv[1:]))

@@ -28,14 +28,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
+import command_line  # noqa: E402
+import config_keys  # noqa: E402
 import datasets  # noqa: E402
 import deploy  # noqa: E402
 import fid  # noqa: E402
-import utils  # noqa: E402
+import process  # noqa: E402
 import vae  # noqa: E402
 import vae_inference  # noqa: E402
 
-tf = utils.tf
+tf = process.tf
 tf1 = tf.compat.v1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config's data_directory is absent
@@ -94,7 +96,7 @@ def time_steps(config, data, mode, repeats, steps):
     if config['deterministic']:
         tf.config.experimental.enable_op_determinism()
     train = data['train']  # what the input pipeline is fed
-    per_epoch = utils.steps_per_epoch(config, len(train))
+    per_epoch = config_keys.steps_per_epoch(config, len(train))
     with tf.Graph().as_default() as graph:
         model = vae.build_training_graph(config, per_epoch, train if mode == 'tf.data' else None)
     graph.finalize()
@@ -176,7 +178,7 @@ def run_case(config, options):
         _, precision, batch = mode.split(':')
         config = {**config, 'precision': precision, 'batch_size': int(batch)}
         data = datasets.load_dataset(config)
-        steps = utils.steps_per_epoch(config, len(data['train']))
+        steps = config_keys.steps_per_epoch(config, len(data['train']))
         rates, loss = time_steps(config, data, 'tf.data', options['repeats'], steps)
         result = {'rates': rates, 'loss': loss}
     elif mode.startswith('samples:'):  # samples:<train_samples>, the iwae objective
@@ -193,7 +195,7 @@ def run_case(config, options):
 def measure(argv, case):
     output = subprocess.run([sys.executable, __file__, '--case', case, *argv], capture_output=True, text=True)
     if output.returncode:
-        raise utils.UserError(f'benchmark case {case} failed: {output.stderr.strip().splitlines()[-1]}')
+        raise process.UserError(f'benchmark case {case} failed: {output.stderr.strip().splitlines()[-1]}')
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -202,7 +204,7 @@ def rewritten_ops(config):
     precision's rewrite (the partition graphs of a traced step)."""
     data = datasets.load_dataset(config)
     with tf.Graph().as_default() as graph:
-        model = vae.build_training_graph(config, utils.steps_per_epoch(config, len(data['train'])), data['train'])
+        model = vae.build_training_graph(config, config_keys.steps_per_epoch(config, len(data['train'])), data['train'])
     graph.finalize()
     with tf1.Session(graph=graph, config=deploy.session_config(config, training=True)) as sess:
         sess.run(model.init)
@@ -259,7 +261,8 @@ def evaluation_table(config, options, ceiling):
     encoder, decoder = forward_flops(config)
     flops = decoder + encoder / k
     median = np.median(rates)
-    print(f'{config["dataset"]}: {decoder / 1e6:,.2f} MFLOP per decode, {vae_inference.decodes_per_run(config):,} '
+    print(f'{config["dataset"]}: {decoder / 1e6:,.2f} MFLOP per decode, '
+          f'{config_keys.decodes_per_run(config, vae_inference.IWAE_MEMORY):,} '
           f'decodes per session.run; 2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling '
           f'{ceiling * 1e9 / flops:,.0f} samples/s; {options["repeats"]} rounds of {len(images)} images x k={k}')
     print(f'| {"importance-weighted bound":<30} | {"samples/s median":>16} | {"min - max":>17} | '
@@ -288,7 +291,7 @@ def fid_table(config, options, ceiling):
     ceiling, and the protocol's time (FID_PROTOCOL images; later runs reuse the cached test statistics)."""
     weights = fid.load_weights(fid.weights_path(config['fid_cache_directory']))
     flops = inception_flops(weights)
-    images = np.random.default_rng(0).integers(0, 256, (options['fid_images'], *utils.image_shape(config)),
+    images = np.random.default_rng(0).integers(0, 256, (options['fid_images'], *config_keys.image_shape(config)),
                                                dtype=np.uint8)
     extract = fid.feature_extractor(weights, options['fid_batch'], progress=False)
     extract(images[:options['fid_batch']])  # the first run prepares the graph's 87 MB of constants
@@ -342,16 +345,17 @@ def main(argv):
              'fid': (None, "time vae_inference.py --fid's Inception instead of training"),
              'fid_images': (100, '--fid: images per timed round'),
              'fid_batch': (50, '--fid: images per session.run (vae_inference.py --fid uses 50)')}
-    config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
+    config, options = command_line.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     celeba = config['dataset'] == 'celebA'
     if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
         argv = ['--data_directory', MNIST] + argv
     if celeba and not os.path.isdir(config['data_directory']):
         folder = synthetic_celeba(os.path.join(tempfile.gettempdir(), 'vae-bench-celeba', 'img_align_celeba'))
         argv = ['--data_directory', folder, '--celebA_cache_directory', os.path.join(folder, '..', 'cache')] + argv
-    config, options = utils.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
+    config, options = command_line.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     if not options['steps']:
-        options['steps'] = 4 if celeba else utils.steps_per_epoch(config, len(datasets.load_dataset(config)['train']))
+        options['steps'] = 4 if celeba else \
+            config_keys.steps_per_epoch(config, len(datasets.load_dataset(config)['train']))
         argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
         return run_case(config, options)
@@ -411,4 +415,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    utils.exit_on_user_error(lambda: main(sys.argv[1:]))
+    process.exit_on_user_error(lambda: main(sys.argv[1:]))

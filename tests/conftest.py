@@ -54,15 +54,15 @@ BERNOULLI = RUNS['bernoulli']
 
 def tiny_config(run_directory, *extra):
     """The resolved config of TINY in run_directory (nothing trained or read)."""
-    import utils
-    config, _ = utils.parse_command_line(TINY + ['--run_directory', str(run_directory), *extra])
+    import command_line
+    config, _ = command_line.parse_command_line(TINY + ['--run_directory', str(run_directory), *extra])
     return config
 
 
 def celeba_config(folder, *extra):
     """The resolved config of TINY_CELEBA on the faces in folder."""
-    import utils
-    config, _ = utils.parse_command_line([*TINY_CELEBA, '--data_directory', str(folder), *extra])
+    import command_line
+    config, _ = command_line.parse_command_line([*TINY_CELEBA, '--data_directory', str(folder), *extra])
     return config
 
 
@@ -103,9 +103,9 @@ def subset(mnist, train, test=100):
 
 def run_script(script, *args):
     """`python SCRIPT ARGS` from the repository root, run in this process: the script's main(argv) under
-    utils.exit_on_user_error, in a graph of its own, with stdout and stderr captured and a SystemExit as the return
+    process.exit_on_user_error, in a graph of its own, with stdout and stderr captured and a SystemExit as the return
     code. Returns a CompletedProcess. An exception that is not the user's (a traceback) is raised in the test."""
-    import utils
+    import process
     module = importlib.import_module(os.path.splitext(script)[0])
     argv = [str(arg) for arg in args]
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -113,9 +113,9 @@ def run_script(script, *args):
     sys.argv = [os.path.join(ROOT, script), *argv]  # argparse names the script from it
     os.chdir(ROOT)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), utils.tf.Graph().as_default():
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), process.tf.Graph().as_default():
             try:
-                utils.exit_on_user_error(lambda: module.main(argv))
+                process.exit_on_user_error(lambda: module.main(argv))
             except SystemExit as exit:
                 if isinstance(exit.code, str):
                     print(exit.code, file=sys.stderr)
@@ -213,10 +213,10 @@ def evaluation_record(run_directory):
     return records[0]
 
 
-def config_keys(config):
+def keys_only(config):
     """A resolved config without what it records beside the keys (the preset, the steps an epoch, the changes)."""
-    import utils
-    return {key: value for key, value in config.items() if key not in utils.RECORD_KEYS}
+    import config_keys
+    return {key: value for key, value in config.items() if key not in config_keys.RECORD_KEYS}
 
 
 def snapshot(folder):

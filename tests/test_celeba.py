@@ -11,7 +11,7 @@ from PIL import Image
 
 import datasets
 import fid
-import utils
+import process
 import vae_inference
 from conftest import ROOT, TINY_CELEBA, celeba_config, evaluation_record, face_like_jpeg, make_celeba, run_script
 
@@ -36,14 +36,14 @@ def test_split_by_file_number(tmp_path, monkeypatch):
     assert [os.path.basename(p) for p in datasets.celeba_split(config, 'validation')] == ['000009.jpg', '000010.jpg']
     assert len(datasets.celeba_split(config, 'train')) == 8
     os.remove(tmp_path / '000004.jpg')
-    with pytest.raises(utils.UserError, match='has 7 of the 8 train JPEGs .*first missing: 000004.jpg'):
+    with pytest.raises(process.UserError, match='has 7 of the 8 train JPEGs .*first missing: 000004.jpg'):
         datasets.celeba_split(config, 'train')
 
 
 def test_the_real_split_ranges_need_the_real_folder(celeba):
     config = celeba_config(celeba, '--partition_file', str(celeba / 'nonexistent.txt'))
-    with pytest.raises(utils.UserError, match=r'has 40 of the 162770 train JPEGs of the official train range '
-                                              r'000001.jpg-162770.jpg \(first missing: 000041.jpg\); download'):
+    with pytest.raises(process.UserError, match=r'has 40 of the 162770 train JPEGs of the official train range '
+                                                r'000001.jpg-162770.jpg \(first missing: 000041.jpg\); download'):
         datasets.celeba_split(config, 'train')
 
 
@@ -63,9 +63,9 @@ def test_crops_match_pil_within_two_grey_levels(celeba, crop):
 def test_training_input_is_in_minus_one_to_one(celeba):
     config = celeba_config(celeba)
     data = datasets.load_dataset(config)
-    with utils.tf.Graph().as_default():
+    with process.tf.Graph().as_default():
         training_input = datasets.input_pipeline(config, data['train'])
-        with utils.tf1.Session() as sess:
+        with process.tf1.Session() as sess:
             sess.run(training_input.initializer, training_input.feed(0, 0))
             batch = sess.run(training_input.images)
     assert batch.shape == (8, 64, 64, 3)
@@ -156,7 +156,7 @@ def test_a_jpeg_with_a_scrambled_body_but_its_end_marker_is_refused(tmp_path):
 
 def test_an_empty_folder_says_how_to_get_celeba(tmp_path):
     config = celeba_config(tmp_path)
-    with pytest.raises(utils.UserError, match=f'no JPEGs in {tmp_path}; download img_align_celeba.zip'):
+    with pytest.raises(process.UserError, match=f'no JPEGs in {tmp_path}; download img_align_celeba.zip'):
         datasets.load_dataset(config)
 
 

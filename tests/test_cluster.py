@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import command_line
 import deploy
-import utils
+import run_folder
 import vae
 import vae_inference
 from conftest import MNIST_DIR, ROOT, TINY, run_script, subset, tiny_config
+from process import UserError
 
 tf1 = tf.compat.v1
 
@@ -46,10 +48,10 @@ def test_two_towers_train_like_one_and_restore_on_one_device(tmp_path, mnist):
 
 
 def test_towers_need_devices_and_a_batch_they_divide(tmp_path):
-    with pytest.raises(utils.UserError, match='num_clones=2 towers need 2 GPUs but 0 are visible; pass '
-                                              '--clone_on_cpu true'):
+    with pytest.raises(UserError, match='num_clones=2 towers need 2 GPUs but 0 are visible; pass '
+                                        '--clone_on_cpu true'):
         deploy.tower_devices(tiny_config(tmp_path, '--num_clones', '2'))
-    with pytest.raises(utils.UserError, match='num_clones must be >= 1 and divide batch_size 64'):
+    with pytest.raises(UserError, match='num_clones must be >= 1 and divide batch_size 64'):
         tiny_config(tmp_path, '--num_clones', '3')
 
 
@@ -97,7 +99,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     processes.append(start_task(cluster, 'ps', 0, run, logs['ps'], *extra))
     processes.append(start_task(cluster, 'worker', 0, run, logs['chief'], *extra))
     processes.append(start_task(cluster, 'worker', 1, run, logs['worker1'], *extra))
-    chief, worker1 = processes[1], processes[2]
+    worker1 = processes[2]
 
     wait_for_line(logs['worker1'], 'epoch ', worker1, timeout=120)  # early on: kill worker 1, start it again
     worker1.send_signal(signal.SIGKILL)
@@ -129,7 +131,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     assert re.search(r'kl annealing', output['worker1'] + output['again'])
     losses = [float(line.split()[3]) for line in output['chief'].splitlines() if line.startswith('epoch ')]
     assert len(losses) == EPOCHS and losses[-1] < 0.6 * losses[0], output['chief']
-    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 3, EPOCHS - 1]  # the chief alone saved
+    assert sorted(run_folder.list_checkpoints(run / 'models')) == [0, 3, EPOCHS - 1]  # the chief alone saved
     assert int(tf.train.load_variable(str(run / 'models' / f'model_{EPOCHS - 1}'), 'global_step')) >= total_steps
 
     result = run_script('vae_inference.py', *TINY, '--run_directory', run)
@@ -137,7 +139,7 @@ def test_loopback_cluster_trains_and_a_killed_worker_rejoins(tmp_path, processes
     assert 'restored' in result.stdout and f'model_{EPOCHS - 1}' in result.stdout
     # The curves' epoch axis counts the run's epochs (global steps over config.json's steps_per_epoch), not a
     # worker's batches: the loss logged every 10 steps ends in the last epoch.
-    config, _ = utils.parse_command_line([*TINY, '--run_directory', str(run)], from_run=True)
+    config, _ = command_line.parse_command_line([*TINY, '--run_directory', str(run)], from_run=True)
     epochs, _ = vae_inference.epoch_curves(config)['loss']
     assert EPOCHS - 1 <= epochs.max() < EPOCHS and epochs.min() == 0, epochs
 
@@ -155,14 +157,14 @@ def test_sigterm_on_the_chief_saves_its_step_and_a_restarted_chief_resumes_there
     processes[1].send_signal(signal.SIGTERM)
     assert processes[1].wait(timeout=60) == 128 + signal.SIGTERM
     step = int(re.search(r'SIGTERM: saved \S+interrupted_(\d+) after step', open(log).read()).group(1))
-    assert 20 <= step < EPOCHS * 20 and sorted(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]
+    assert 20 <= step < EPOCHS * 20 and sorted(run_folder.list_checkpoints(run / 'models', 'interrupted')) == [step]
 
     if sync == 'true':  # the stopped chief's token queue on the parameter server is closed for good
         processes.append(start_task(cluster, 'worker', 0, run, tmp_path / 'refused.log', *extra))
         assert processes[-1].wait(timeout=120) == 1
         assert 'error: the parameter servers hold the token queue of a chief that stopped' in \
             open(tmp_path / 'refused.log').read()
-        assert list(utils.list_checkpoints(run / 'models', 'interrupted')) == [step]  # nothing saved over it
+        assert list(run_folder.list_checkpoints(run / 'models', 'interrupted')) == [step]  # nothing saved over it
         processes[0].kill()
         processes[0].wait()
         processes.append(start_task(cluster, 'ps', 0, run, tmp_path / 'ps2.log', *extra))
@@ -178,7 +180,7 @@ def cluster_config(monkeypatch, tf_config=None, *extra):
     monkeypatch.delenv('TF_CONFIG', raising=False)
     if tf_config is not None:
         monkeypatch.setenv('TF_CONFIG', tf_config)
-    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, *extra])
+    config, _ = command_line.parse_command_line(['--data_directory', MNIST_DIR, *extra])
     return config
 
 
@@ -206,7 +208,7 @@ def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
      'job_name must be one of worker, ps'),
 ])
 def test_a_wrong_cluster_is_refused_with_the_fix(monkeypatch, tf_config, extra, message):
-    with pytest.raises(utils.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         deploy.cluster_from_config(cluster_config(monkeypatch, tf_config, *extra))
 
 

@@ -9,9 +9,10 @@ import time
 import pytest
 import tensorflow as tf
 
-import utils
+import run_folder
 import vae
 from conftest import ROOT, TINY, run_script, subset, tiny_config
+from process import UserError
 
 # 12 steps an epoch, 4 epochs, a checkpoint after each: 48 steps in all when nothing goes wrong.
 STEPS_PER_EPOCH = 12
@@ -29,7 +30,7 @@ def start_training(run):
 def complete_checkpoint_steps(run):
     """Global steps of the checkpoints on disk that have an .index (complete by construction) and read back."""
     return [int(tf.train.load_variable(prefix, 'global_step'))
-            for prefix in utils.all_checkpoints(os.path.join(run, 'models'))]
+            for prefix in run_folder.all_checkpoints(os.path.join(run, 'models'))]
 
 
 def resumed_step(output):
@@ -117,7 +118,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_resume_there(tmp_path, sig
     assert process.wait(timeout=60) == 128 + signum
     name = signal.Signals(signum).name
     assert f'{name}: saved ' in output and 'run the same command to resume' in output
-    interrupted = utils.list_checkpoints(run / 'models', 'interrupted')
+    interrupted = run_folder.list_checkpoints(run / 'models', 'interrupted')
     assert len(interrupted) == 1
     step = next(iter(interrupted))
     assert STEPS_PER_EPOCH < step < TOTAL_STEPS and step % STEPS_PER_EPOCH  # inside an epoch, not at its end
@@ -136,10 +137,10 @@ def test_a_non_finite_loss_stops_without_saving_it(tmp_path, mnist):
     data['train'] = data['train'].copy()
     data['train'][:] = float('nan')
     config['num_epoch'] = 2
-    with pytest.raises(utils.UserError, match=r'non-finite \(loss nan\) at step 10 of epoch 1; .* the last good '
-                                              r'checkpoint is .*model_0'):
+    with pytest.raises(UserError, match=r'non-finite \(loss nan\) at step 10 of epoch 1; .* the last good '
+                                        r'checkpoint is .*model_0'):
         vae.train(config, data)
-    assert sorted(utils.list_checkpoints(tmp_path / 'run' / 'models')) == [0]
+    assert sorted(run_folder.list_checkpoints(tmp_path / 'run' / 'models')) == [0]
     assert int(tf.train.load_variable(str(tmp_path / 'run' / 'models' / 'model_0'), 'global_step')) == 10
 
 
@@ -149,7 +150,7 @@ def test_weights_made_non_finite_by_an_update_are_never_saved(tmp_path, mnist):
     # update is the last before model_0 would be saved.
     config = tiny_config(tmp_path / 'run', '--num_epoch', '2')
     config['learning_rate'] = float('inf')
-    with pytest.raises(utils.UserError, match='the weights became non-finite in the update at step 0 of epoch 0; '
-                                              'nothing was saved after it, the last good checkpoint is None'):
+    with pytest.raises(UserError, match='the weights became non-finite in the update at step 0 of epoch 0; '
+                                        'nothing was saved after it, the last good checkpoint is None'):
         vae.train(config, subset(mnist, 64))
-    assert utils.list_checkpoints(tmp_path / 'run' / 'models') == {}
+    assert run_folder.list_checkpoints(tmp_path / 'run' / 'models') == {}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import datasets
-import utils
+import process
 from conftest import MNIST_DIR
 
 
@@ -39,7 +39,7 @@ def test_load_mnist_rejects_a_corrupted_file(tmp_path):
     data = bytearray(gzip.decompress(path.read_bytes()))
     data[100] = (data[100] + 1) % 10  # one wrong label
     path.write_bytes(gzip.compress(bytes(data)))
-    with pytest.raises(utils.UserError, match='t10k-labels-idx1-ubyte has MD5 .* not the published'):
+    with pytest.raises(process.UserError, match='t10k-labels-idx1-ubyte has MD5 .* not the published'):
         datasets.load_mnist(str(tmp_path), mirrors=())
 
 
@@ -47,7 +47,7 @@ def test_load_mnist_rejects_a_truncated_file(tmp_path):
     copy_mnist(tmp_path)
     path = tmp_path / 'train-images-idx3-ubyte.gz'
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(utils.UserError, match='cannot read .*train-images-idx3-ubyte.gz'):
+    with pytest.raises(process.UserError, match='cannot read .*train-images-idx3-ubyte.gz'):
         datasets.load_mnist(str(tmp_path), mirrors=())
 
 
@@ -65,11 +65,11 @@ def test_a_download_with_the_wrong_checksum_is_not_kept(tmp_path):
     for name in datasets.MNIST_FILES:
         (mirror / (name + '.gz')).write_bytes(gzip.compress(b'not mnist'))
     folder = tmp_path / 'mnist'
-    with pytest.raises(utils.UserError, match='could not be downloaded .*checksum'):
+    with pytest.raises(process.UserError, match='could not be downloaded .*checksum'):
         datasets.load_mnist(str(folder), mirrors=(mirror.as_uri() + '/',))
     assert os.listdir(folder) == []
 
 
 def test_offline_and_missing_says_where_to_put_the_files(tmp_path):
-    with pytest.raises(utils.UserError, match=f'put the four MNIST IDX files .* in {tmp_path}'):
+    with pytest.raises(process.UserError, match=f'put the four MNIST IDX files .* in {tmp_path}'):
         datasets.load_mnist(str(tmp_path), mirrors=('file:///nonexistent/mirror/',))

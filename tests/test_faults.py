@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import command_line
 import datasets
-import utils
 import vae
 import vae_inference
 from conftest import BASE, ROOT, assert_refused, run_script, snapshot, subset, tiny_config
+from process import UserError
 
 
 def test_resuming_with_another_epoch_length_or_model_is_refused(trained):
@@ -127,8 +128,8 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist
     def full_disk(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, 'model_0.data-00000-of-00001; No space left on device')
     monkeypatch.setattr(tf.compat.v1.train.Saver, 'save', full_disk)
-    with pytest.raises(utils.UserError, match=r'cannot write checkpoint .*model_0 \(model_0.data-00000-of-00001; '
-                                              r'No space left on device\); free some space'):
+    with pytest.raises(UserError, match=r'cannot write checkpoint .*model_0 \(model_0.data-00000-of-00001; '
+                                        r'No space left on device\); free some space'):
         vae.train(tiny_config(tmp_path / 'run', '--num_epoch', '1'), subset(mnist, 640))
 
 
@@ -159,10 +160,9 @@ def test_ctrl_c_while_the_script_starts_leaves_no_traceback(tmp_path):
 
 
 def test_non_finite_metrics_are_not_written(tmp_path):
-    config = tiny_config(tmp_path)
     os.makedirs(tmp_path, exist_ok=True)
     path = str(tmp_path / 'evaluations' / 'record.json')
-    with pytest.raises(utils.UserError, match='the metrics negative_elbo_nats are not finite'):
+    with pytest.raises(UserError, match='the metrics negative_elbo_nats are not finite'):
         vae_inference.write_record(path, {'test_images': 10, 'decoder': 'gaussian', 'reconstruction_mse': 0.1,
                                              'psnr_db': 10.0, 'kl_nats': 1.0, 'negative_elbo_nats': float('nan'),
                                              'negative_elbo_bits_per_dim': 1.0, 'iwae_k': 5,
@@ -173,7 +173,7 @@ def test_non_finite_metrics_are_not_written(tmp_path):
 
 def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
     images = mnist['test_images'][:200]
-    config, _ = utils.parse_command_line(['--dataset', 'MNIST_bernoulli'])
+    config, _ = command_line.parse_command_line(['--dataset', 'MNIST_bernoulli'])
     first = datasets.evaluation_images(config, images)
     assert np.array_equal(first, datasets.evaluation_images({**config, 'seed': 7}, images))
     assert not np.array_equal(first, datasets.evaluation_images({**config, 'test_seed': 7}, images))

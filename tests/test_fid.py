@@ -12,7 +12,7 @@ import scipy.linalg
 
 import fid
 from conftest import ROOT
-from utils import UserError
+from process import UserError
 
 CACHE = os.path.join(ROOT, '.cache', 'fid')
 REFERENCE = os.path.join(ROOT, 'tests', 'fixtures', 'fid_reference.npz')

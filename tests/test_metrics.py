@@ -1,6 +1,5 @@
 """Honest numbers: the IWAE estimator against an exact likelihood, unit conversions, active units, the
 decoder likelihoods, and the evaluation and picture commands end to end."""
-import json
 import math
 import os
 
@@ -9,8 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import command_line
+import config_keys
 import datasets
-import utils
 import vae
 import vae_inference
 from conftest import RUNS, TINY, evaluation_record, run_script, subset, tiny_config
@@ -48,7 +48,7 @@ def linear_gaussian_bounds(ks, points=200, seed=0):
                                                  tf.constant(q_std, tf.float32), log_likelihood, draws)
         for value in ks:
             weights = sess.run(log_weights, {k: value}).astype(np.float64)
-            results[value] = (weights.mean(axis=0), vae_inference.log_mean_exp(weights, axis=0))
+            results[value] = (weights.mean(axis=0), vae_inference.numpy_log_mean_exp(weights, axis=0))
     return exact, results
 
 
@@ -64,10 +64,11 @@ def test_iwae_matches_the_exact_likelihood_of_a_linear_gaussian_model():
 
 
 def test_log_mean_exp_is_stable_and_exact():
-    assert vae_inference.log_mean_exp(np.array([1000.0, 1000.0])) == 1000.0
-    assert vae_inference.log_mean_exp(np.array([-1000.0, -1000.0 + math.log(3)])) == pytest.approx(-1000 + math.log(2))
+    assert vae_inference.numpy_log_mean_exp(np.array([1000.0, 1000.0])) == 1000.0
+    assert vae_inference.numpy_log_mean_exp(np.array([-1000.0, -1000.0 + math.log(3)])) == \
+        pytest.approx(-1000 + math.log(2))
     values = np.random.RandomState(0).normal(size=(50, 4))
-    assert np.allclose(vae_inference.log_mean_exp(values, axis=0), np.log(np.mean(np.exp(values), axis=0)))
+    assert np.allclose(vae_inference.numpy_log_mean_exp(values, axis=0), np.log(np.mean(np.exp(values), axis=0)))
 
 
 def test_bits_per_dim_of_a_gaussian_decoder_is_the_probability_of_the_8_bit_pixels():
@@ -75,9 +76,9 @@ def test_bits_per_dim_of_a_gaussian_decoder_is_the_probability_of_the_8_bit_pixe
     # exact probability of each pixel's bin (Gaussian CDF at its edges, 256 bins over the pixel range).
     rng = np.random.RandomState(0)
     for dataset, offset in (('MNIST', 8), ('celebA', 7)):
-        config, _ = utils.parse_command_line(['--dataset', dataset])
-        shape = utils.image_shape(config)
-        low, high = utils.pixel_range(config)
+        config, _ = command_line.parse_command_line(['--dataset', dataset])
+        shape = config_keys.image_shape(config)
+        low, high = config_keys.pixel_range(config)
         width = (high - low) / 256
         images = (low + width * (rng.randint(0, 256, size=[2] + shape) + 0.5)).astype(np.float32)  # bin centres
         logits = rng.normal(scale=0.5, size=[2] + shape).astype(np.float32)
@@ -91,7 +92,7 @@ def test_bits_per_dim_of_a_gaussian_decoder_is_the_probability_of_the_8_bit_pixe
         reported = [vae_inference.bits_per_dim(value, config) for value in nats]
         assert np.allclose(reported, exact_bits, atol=1e-3), (dataset, reported, exact_bits)
         assert offset < reported[0] < offset + 2  # the density alone would say under 2 bits/dim
-    config, _ = utils.parse_command_line([])
+    config, _ = command_line.parse_command_line([])
     assert 'fixed variance sigma^2 = kl_weight * D / 2 = 0.196' in vae_inference.decoder_description(config)
 
 
@@ -103,7 +104,7 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
 
 
 def test_the_gaussian_loss_is_the_negative_elbo_over_kl_weight_up_to_a_constant():
-    config, _ = utils.parse_command_line([])
+    config, _ = command_line.parse_command_line([])
     rng = np.random.RandomState(0)
     images = rng.uniform(size=(5, 28, 28, 1)).astype(np.float32)
     logits = rng.normal(size=(5, 28, 28, 1)).astype(np.float32)

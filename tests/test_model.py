@@ -3,10 +3,10 @@ import ast
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-import utils
+import command_line
+import config_keys
 import vae
 import vae_inference
 from conftest import ROOT, subset, tiny_config
@@ -15,8 +15,8 @@ tf1 = tf.compat.v1
 
 
 def test_layer_shapes_of_the_mnist_model():
-    config, _ = utils.parse_command_line([])  # the shipped MNIST config, full size
-    assert utils.encoder_output_shape(config) == (4, 4, 64)
+    config, _ = command_line.parse_command_line([])  # the shipped MNIST config, full size
+    assert config_keys.encoder_output_shape(config) == (4, 4, 64)
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, 28, 28, 1])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config_keys
 import datasets
-import utils
+import process
+import run_folder
 import vae
 import vae_inference
 from conftest import subset, tiny_config
@@ -91,7 +93,7 @@ def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_
     assert built == [('elbo', 1, 2), ('iwae', 3, 4)]
     printed = capsys.readouterr().out
     assert re.findall(r'^epoch +(\d+)', printed, re.M) == ['3'] and 'step 30)' in printed
-    assert utils.latest_checkpoint(tiny_config(run))[1] == 40
+    assert run_folder.latest_checkpoint(tiny_config(run))[1] == 40
 
     built.clear()  # a run that ends before the switch is all ELBO, and says so
     vae.train(tiny_config(tmp_path / 'short', *args, '--num_epoch', '2'), data)
@@ -100,7 +102,7 @@ def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_
     # A cluster cannot switch graphs together: refused before anything is built or written.
     cluster = {'ps': ['127.0.0.1:1'], 'worker': ['127.0.0.1:2', '127.0.0.1:3']}
     monkeypatch.setattr(vae.deploy, 'start_server', lambda *_: pytest.fail('the cluster was started'))
-    with pytest.raises(utils.UserError, match='needs one process.*--objective elbo --num_epoch 2'):
+    with pytest.raises(process.UserError, match='needs one process.*--objective elbo --num_epoch 2'):
         vae.train(tiny_config(tmp_path / 'cluster', *args, '--num_epoch', '3'), data, cluster)
     assert not (tmp_path / 'cluster').exists()
 
@@ -180,7 +182,7 @@ def test_an_interrupted_evaluation_goes_on_to_the_numbers_of_an_unbroken_one(tmp
     config = tiny_config(tmp_path, *BERNOULLI)
     images = datasets.evaluation_images(config, mnist['test_images'][:12])
     monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
-    k = vae_inference.decodes_per_run(config) * 3 // 2  # each image in two chunks of samples
+    k = config_keys.decodes_per_run(config, vae_inference.IWAE_MEMORY) * 3 // 2  # each image in two chunks of samples
     sess, outputs = untrained_inference(config)
     progress = str(tmp_path / 'progress.npz')
     with sess:
@@ -207,7 +209,7 @@ def test_ctrl_c_in_the_middle_of_one_images_samples_stops_there_and_goes_on(tmp_
     config = tiny_config(tmp_path, *BERNOULLI)
     images = datasets.evaluation_images(config, mnist['test_images'][:2])
     monkeypatch.setattr(vae_inference, 'IWAE_MEMORY', vae_inference.IWAE_MEMORY // 2 ** 10)
-    k = vae_inference.decodes_per_run(config) * 3  # each image in three session.runs
+    k = config_keys.decodes_per_run(config, vae_inference.IWAE_MEMORY) * 3  # each image in three session.runs
     sess, outputs = untrained_inference(config)
     progress = str(tmp_path / 'progress.npz')
     with sess:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import command_line
 import deploy
-import utils
 import vae
 import vae_inference
 from conftest import MNIST_DIR, TINY, run_script, subset, tiny_config
@@ -56,7 +56,7 @@ def test_float16_without_a_gpu_is_a_one_line_error(tmp_path):
 
 
 def test_only_a_training_session_gets_the_rewrite():
-    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--precision', 'mixed_bfloat16'])
+    config, _ = command_line.parse_command_line(['--data_directory', MNIST_DIR, '--precision', 'mixed_bfloat16'])
     on = deploy.session_config(config, training=True).graph_options.rewrite_options
     off = deploy.session_config(config).graph_options.rewrite_options
     assert on.auto_mixed_precision_onednn_bfloat16 == 1 and off.auto_mixed_precision_onednn_bfloat16 == 0

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import command_line
 import datasets
-import utils
+import pictures
+import run_folder
 import vae
 import vae_inference
 from conftest import (BASE, BERNOULLI, MNIST_DIR, ROOT, TINY_CELEBA, assert_refused, celeba_config, make_celeba,
                       run_script, snapshot, subset, tiny_config)
+from process import UserError, write_atomically
 
 
 # ---------------------------------------------------------------- the configuration, resolved once
@@ -53,7 +56,7 @@ def test_the_epoch_length_comes_from_the_checkpoints_without_config_json(trained
         assert_refused(result, 'model_0 holds step 10, not the end of epoch 0', trained, before)
     # A checkpoint is never replaced, even if a run would reach its epoch again.
     config = tiny_config(trained, '--num_train_images', '640')
-    with pytest.raises(utils.UserError, match='model_1 exists already and is never replaced'):
+    with pytest.raises(UserError, match='model_1 exists already and is never replaced'):
         vae.save_checkpoint(None, None, config, 'model_1')
 
 
@@ -104,8 +107,8 @@ def test_a_broken_config_py_is_one_line(tmp_path, edit, message):
 def test_tf_config_is_checked_with_the_rest(monkeypatch):
     monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': {'ps': ['a:1'], 'worker': ['b:2']},
                                                 'task': {'type': 'worker', 'index': 3}}))
-    with pytest.raises(utils.UserError, match='task 3 is not in the 1 worker tasks'):
-        utils.parse_command_line([])
+    with pytest.raises(UserError, match='task 3 is not in the 1 worker tasks'):
+        command_line.parse_command_line([])
 
 
 @pytest.mark.parametrize('args, message', [
@@ -123,8 +126,8 @@ def test_tf_config_is_checked_with_the_rest(monkeypatch):
     (['--z_dim', '2.5'], "--z_dim '2.5' is not a valid int"),
 ])
 def test_values_out_of_range_are_refused_with_the_key(args, message):
-    with pytest.raises(utils.UserError, match=re.escape(message)):
-        utils.parse_command_line(args)
+    with pytest.raises(UserError, match=re.escape(message)):
+        command_line.parse_command_line(args)
 
 
 def test_a_damaged_or_contradicting_config_json_says_what_to_do(trained):
@@ -147,9 +150,9 @@ def test_a_non_finite_test_elbo_stops_like_a_non_finite_loss(tmp_path, mnist):
     # kl_weight 1e-40 is refused on the command line; here it gets past to reach the check of the saves: the
     # Gaussian decoder's variance kl_weight * D / 2 makes the test log-likelihood overflow float32.
     config = {**tiny_config(tmp_path / 'run', '--num_epoch', '1'), 'kl_weight': 1e-40}
-    with pytest.raises(utils.UserError, match='the test negative ELBO became (inf|nan) at step 9 of epoch 0'):
+    with pytest.raises(UserError, match='the test negative ELBO became (inf|nan) at step 9 of epoch 0'):
         vae.train(config, subset(mnist, 640))
-    assert not utils.all_checkpoints(tmp_path / 'run' / 'models')
+    assert not run_folder.all_checkpoints(tmp_path / 'run' / 'models')
 
 
 def test_an_export_resumed_or_a_checkpoint_state_folder_say_the_right_thing(trained, tmp_path):
@@ -181,7 +184,7 @@ def test_every_evaluation_is_kept_and_pictures_are_named_by_their_checkpoint(tra
 
 
 def test_progress_of_other_weights_or_a_damaged_file_is_never_used(trained, tmp_path, monkeypatch):
-    config, _ = utils.parse_command_line(['--run_directory', str(trained)], from_run=True)
+    config, _ = command_line.parse_command_line(['--run_directory', str(trained)], from_run=True)
     sess, outputs, _ = vae_inference.restore(config)
     images = datasets.evaluation_images(config, datasets.load_mnist(MNIST_DIR)['test_images'][:6])
     progress = str(tmp_path / 'progress.npz')
@@ -205,13 +208,13 @@ def test_an_export_is_all_or_nothing(trained, tmp_path, monkeypatch):
     (destination / 'metrics.json').write_text('{}')  # another run's record: a non-empty folder is refused
     result = run_script('vae_inference.py', '--run_directory', trained, '--export', destination)
     assert_refused(result, 'is a non-empty folder; choose a new or empty folder')
-    config, _ = utils.parse_command_line(['--run_directory', str(trained)], from_run=True)
+    config, _ = command_line.parse_command_line(['--run_directory', str(trained)], from_run=True)
     target = tmp_path / 'new'
 
     def full_disk(*args, **kwargs):
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(vae_inference.shutil, 'copy', full_disk)  # the frames meet a full disk
-    with pytest.raises(utils.UserError, match='No space left on device.*nothing was written'):
+    with pytest.raises(UserError, match='No space left on device.*nothing was written'):
         vae_inference.export_run(config, 1, str(target))
     monkeypatch.setattr(vae_inference.shutil, 'copy', lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
@@ -220,30 +223,30 @@ def test_an_export_is_all_or_nothing(trained, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(tmp_path) if name.startswith('.new')]
     monkeypatch.undo()
     vae_inference.export_run(config, 1, str(target))  # a retry goes through
-    assert utils.list_checkpoints(target / 'models') and (target / 'config.json').exists()
+    assert run_folder.list_checkpoints(target / 'models') and (target / 'config.json').exists()
 
 
 def test_the_writer_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):
     path = str(tmp_path / 'picture.png')
-    utils.write_atomically(path, lambda f: f.write(b'old'))
+    write_atomically(path, lambda f: f.write(b'old'))
 
     def failing(f):
         f.write(b'half')
         raise ValueError('a frame of another size')
     with pytest.raises(ValueError):
-        utils.write_atomically(path, failing)
+        write_atomically(path, failing)
     assert open(path, 'rb').read() == b'old' and os.listdir(tmp_path) == ['picture.png']
     # Two writers of one file never share a temporary file: each one's is its own.
     names = set()
     temporary_name = lambda f: os.readlink(f'/proc/self/fd/{f.fileno()}')
-    utils.write_atomically(path, lambda f: names.add(temporary_name(f)) or f.write(b'a'))
-    utils.write_atomically(path, lambda f: names.add(temporary_name(f)) or f.write(b'b'))
+    write_atomically(path, lambda f: names.add(temporary_name(f)) or f.write(b'a'))
+    write_atomically(path, lambda f: names.add(temporary_name(f)) or f.write(b'b'))
     assert len(names) == 2 and open(path, 'rb').read() == b'b'
     os.chmod(tmp_path, 0o500)
     try:
         if os.geteuid() != 0:  # root writes anywhere
-            with pytest.raises(utils.UserError, match='cannot write'):
-                utils.write_atomically(path, lambda f: f.write(b'c'))
+            with pytest.raises(UserError, match='cannot write'):
+                write_atomically(path, lambda f: f.write(b'c'))
     finally:
         os.chmod(tmp_path, 0o700)
 
@@ -253,11 +256,11 @@ def test_gifs_of_one_frame_and_frames_of_another_size(tmp_path):
     for index, size in enumerate([(20, 20), (20, 20), (24, 20)]):
         frames.append(str(tmp_path / f'epoch_{index:04d}.png'))
         Image.new('RGB', size, (index * 60, 0, 0)).save(frames[-1])
-    utils.save_gif(str(tmp_path / 'one.gif'), frames[:1])
+    pictures.save_gif(str(tmp_path / 'one.gif'), frames[:1])
     with Image.open(tmp_path / 'one.gif') as gif:
         assert gif.n_frames == 1 and gif.size == (20, 20)
-    with pytest.raises(utils.UserError, match='epoch_0002.png is 24x20 but .*epoch_0000.png is 20x20'):
-        utils.save_gif(str(tmp_path / 'three.gif'), frames)
+    with pytest.raises(UserError, match='epoch_0002.png is 24x20 but .*epoch_0000.png is 20x20'):
+        pictures.save_gif(str(tmp_path / 'three.gif'), frames)
     assert not (tmp_path / 'three.gif').exists() and not [n for n in os.listdir(tmp_path) if n.endswith('.part')]
 
 
@@ -294,7 +297,7 @@ def test_a_bad_partition_file_is_one_line(tmp_path, content, message):
         shutil.copy(folder / names[0], partition)
     else:
         partition.write_bytes((lines + 'é').encode(content))
-    with pytest.raises(utils.UserError, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         datasets.load_dataset(celeba_config(folder))
 
 
@@ -303,7 +306,7 @@ def test_a_celeba_cache_folder_that_is_a_file_is_one_line(tmp_path):
     make_celeba(folder, count=12, partition=(8, 2, 2))
     (tmp_path / 'cache').write_text('')
     config = celeba_config(folder, '--celebA_cache', 'true', '--celebA_cache_directory', str(tmp_path / 'cache'))
-    with pytest.raises(utils.UserError, match='cannot create .*cache .*choose a writable --celebA_cache_directory'):
+    with pytest.raises(UserError, match='cannot create .*cache .*choose a writable --celebA_cache_directory'):
         datasets.load_dataset(config)
 
 
@@ -323,8 +326,8 @@ def test_ctrl_c_at_the_iwae_switch_saves_the_step_it_reached(tmp_path):
     output, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert 'nothing was saved' not in stderr and 'Traceback' not in stderr
-    assert 'SIGINT: saved' in output and utils.list_checkpoints(run / 'models', 'interrupted')
-    assert sorted(utils.list_checkpoints(run / 'models')) == [0]
+    assert 'SIGINT: saved' in output and run_folder.list_checkpoints(run / 'models', 'interrupted')
+    assert sorted(run_folder.list_checkpoints(run / 'models')) == [0]
 
 
 def test_the_install_is_pinned():
@@ -357,10 +360,10 @@ def test_the_install_is_pinned():
 def test_paths_lists_and_clusters_that_would_go_wrong_are_refused(monkeypatch, tf_config, args, message):
     if tf_config:
         monkeypatch.setenv('TF_CONFIG', json.dumps(tf_config))
-    with pytest.raises(utils.UserError, match=re.escape(message)):
-        utils.parse_command_line(args)
+    with pytest.raises(UserError, match=re.escape(message)):
+        command_line.parse_command_line(args)
     monkeypatch.delenv('TF_CONFIG', raising=False)
-    with pytest.raises(utils.UserError, match=re.escape('--k must be in 1..10,000,000')):
+    with pytest.raises(UserError, match=re.escape('--k must be in 1..10,000,000')):
         vae_inference.main(['--k', str(10 ** 8)])
 
 

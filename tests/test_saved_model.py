@@ -14,14 +14,17 @@ import urllib.request
 import numpy as np
 import pytest
 
+import command_line
+import config_keys
 import datasets
 import hparams
+import process
+import run_folder
 import saved_model
-import utils
 import vae_inference
 from conftest import BERNOULLI, MNIST_DIR, ROOT, assert_refused, run_script, snapshot
 
-tf, tf1 = utils.tf, utils.tf1
+tf, tf1 = process.tf, process.tf1
 
 COMMITTED = os.path.join(ROOT, 'MNIST', 'results', 'bernoulli')
 
@@ -33,8 +36,8 @@ def trained(tiny_run):
 
 
 def restored(run):
-    config, _ = utils.parse_command_line(['--run_directory', str(run), '--data_directory', MNIST_DIR],
-                                         from_run=True)
+    config, _ = command_line.parse_command_line(['--run_directory', str(run), '--data_directory', MNIST_DIR],
+                                                from_run=True)
     sess, outputs, epoch = vae_inference.restore(config)
     return config, sess, outputs, epoch
 
@@ -68,7 +71,8 @@ np.savez(outputs, z_mean=encoded['z_mean'], z_std=encoded['z_std'],
          other_z=signatures['sample'](count=tf.constant(7), seed=seed(3, 5))['z'],
          bound=bound['log_px_bound_nats'], elbo=bound['elbo_nats'])
 print(json.dumps(found))
-print('repository modules loaded:', sorted({'vae', 'utils', 'saved_model'} & set(sys.modules)))
+print('repository modules loaded:', sorted({'vae', 'process', 'config_keys', 'run_folder', 'command_line',
+                                            'pictures', 'saved_model'} & set(sys.modules)))
 '''
 
 
@@ -126,7 +130,7 @@ def test_the_saved_model_gives_vae_inferences_numbers_in_plain_tensorflow(traine
 
     found = dict(np.load(tmp_path / 'outputs.npz'))
     # One run of all k samples of the 10 images: vae_inference seeds it [0, 0] (its first image and sample).
-    assert vae_inference.decodes_per_run(config) >= k * len(images)
+    assert config_keys.decodes_per_run(config, vae_inference.IWAE_MEMORY) >= k * len(images)
     with sess:
         assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found)
     assert np.all(found['bound'] >= found['elbo'] - 1e-9)
@@ -157,17 +161,17 @@ def test_a_bad_saved_model_destination_is_one_line_and_nothing_is_written(traine
     if os.path.isdir('/sys'):  # sysfs: no one creates folders there, root included (chmod does not stop root)
         refusals.append(('/sys/vae_saved_model', 'nothing was written'))
     for destination, message in refusals:
-        with pytest.raises(utils.UserError, match=f'{re.escape(str(destination))} .*{message}'):
+        with pytest.raises(process.UserError, match=f'{re.escape(str(destination))} .*{message}'):
             vae_inference.main(['--run_directory', str(trained), '--saved_model', str(destination)])
     assert not os.path.lexists('/sys/vae_saved_model')
     assert (full / 'other.txt').read_text() == 'kept' and a_file.read_text() == 'kept'
     assert sorted(os.listdir(tmp_path)) == ['a_file', 'full', 'link'] and os.listdir(full) == ['other.txt']
 
     # A full disk or Ctrl-C while the builder writes: no folder, no temporary beside it; then a retry goes through.
-    config, _ = utils.parse_command_line(['--run_directory', str(trained)], from_run=True)
-    prefix = utils.list_checkpoints(trained / 'models')[1]
+    config, _ = command_line.parse_command_line(['--run_directory', str(trained)], from_run=True)
+    prefix = run_folder.list_checkpoints(trained / 'models')[1]
     target = tmp_path / 'new'
-    for fault, raised in ((OSError(28, 'No space left on device'), utils.UserError),
+    for fault, raised in ((OSError(28, 'No space left on device'), process.UserError),
                           (KeyboardInterrupt(), KeyboardInterrupt)):
         def save(self, *args, **kwargs):
             raise fault
@@ -204,11 +208,12 @@ def assert_hparams_are_config_json(run):
     saved = json.load(open(run / 'config.json'))
     (name, values), = session_starts(run / 'logs')  # one per run, replaced at each start of training
     assert name == hparams.SESSION_START_FILE
-    kept = {key for key in saved if key in utils.KEY_TYPES and key not in utils.PROCESS_KEYS + utils.LOCATION_KEYS}
+    kept = {key for key in saved
+            if key in config_keys.KEY_TYPES and key not in config_keys.PROCESS_KEYS + config_keys.LOCATION_KEYS}
     assert set(values) == kept | {'preset'}
     for key, value in values.items():
         wanted = saved[key]
-        assert value == (utils.flag_value(wanted) if isinstance(wanted, list) else wanted), key
+        assert value == (config_keys.flag_value(wanted) if isinstance(wanted, list) else wanted), key
         assert type(value) is (bool if isinstance(wanted, bool) else str if isinstance(wanted, (str, list)) else
                                float), key
     return values
@@ -251,7 +256,7 @@ def test_fid_records_are_scalars_too(trained, tmp_path, monkeypatch):
     config = {**config, 'fid_cache_directory': str(tmp_path / 'cache')}
     with sess:
         vae_inference.write_fid(sess, outputs, config, datasets.load_dataset(config, training=False), epoch,
-                                utils.list_checkpoints(run / 'models')[epoch],
+                                run_folder.list_checkpoints(run / 'models')[epoch],
                                 {'num_test': 10, 'fid_weights': '', 'sampler': 'prior', 'fid_samples': 12})
     records = {r['scored']: r['fid'] for r in vae_inference.evaluation_records(run).values()}
     for source in ('reconstructions', 'prior'):
@@ -316,7 +321,7 @@ def test_the_committed_saved_model_is_the_committed_checkpoint(tmp_path):
     config, sess, outputs, epoch = restored(COMMITTED)
     assert epoch == 129
     rewritten = tmp_path / 'saved_model'
-    saved_model.write_saved_model(config, epoch, utils.list_checkpoints(os.path.join(COMMITTED, 'models'))[epoch],
+    saved_model.write_saved_model(config, epoch, run_folder.list_checkpoints(os.path.join(COMMITTED, 'models'))[epoch],
                                   str(rewritten))
     files = sorted(os.path.relpath(path, rewritten) for path in glob.glob(f'{rewritten}/**', recursive=True)
                    if os.path.isfile(path))

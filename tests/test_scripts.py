@@ -11,12 +11,16 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
 
+import command_line
 import config as config_module
+import config_keys
 import datasets
-import utils
+import pictures
+import process
+import run_folder
 import vae
 import vae_inference
-from conftest import BASE, MNIST_DIR, ROOT, TINY, config_keys, evaluation_record, run_script
+from conftest import BASE, MNIST_DIR, ROOT, TINY, evaluation_record, keys_only, run_script
 
 FAST = TINY + ['--batch_size', '1000', '--num_epoch', '1']  # 60 steps an epoch
 
@@ -43,8 +47,8 @@ def test_train_resume_and_inference_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert 'resuming' in result.stdout and 'model_0' in result.stdout
     assert 'epoch   0' not in result.stdout and 'epoch   1' in result.stdout and 'epoch   2' in result.stdout
-    assert sorted(utils.list_checkpoints(run / 'models')) == [0, 2]
-    assert [epoch for epoch, _ in utils.epoch_frames(run / 'op-gen')] == [0, 2]
+    assert sorted(run_folder.list_checkpoints(run / 'models')) == [0, 2]
+    assert [epoch for epoch, _ in pictures.epoch_frames(run / 'op-gen')] == [0, 2]
 
     result = run_script('vae_inference.py', *FAST, '--run_directory', run)
     assert result.returncode == 0, result.stderr
@@ -101,8 +105,8 @@ BAD_COMMAND_LINES = [
 
 @pytest.mark.parametrize('args, message', BAD_COMMAND_LINES)
 def test_bad_command_lines_are_refused_with_the_fix(args, message):
-    with pytest.raises(utils.UserError, match=re.escape(message)):
-        utils.parse_command_line(args)
+    with pytest.raises(process.UserError, match=re.escape(message)):
+        command_line.parse_command_line(args)
 
 
 @pytest.mark.parametrize('script, args, message', [
@@ -166,22 +170,22 @@ def test_an_unwritable_run_folder_fails_clearly(tmp_path):
 
 
 def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path, mnist):
-    config, _ = utils.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001',
-                                          '--run_directory', str(tmp_path / 'run')])
-    with pytest.raises(utils.UserError, match='60000 training images make no step of 60001 images'):
+    config, _ = command_line.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001',
+                                                 '--run_directory', str(tmp_path / 'run')])
+    with pytest.raises(process.UserError, match='60000 training images make no step of 60001 images'):
         vae.train(config, datasets.load_dataset(config))
     assert not os.path.exists(tmp_path / 'run')
 
 
 def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
-    with pytest.raises(utils.UserError, match=f'missing from {tmp_path}/nowhere .* put the four MNIST IDX files'):
+    with pytest.raises(process.UserError, match=f'missing from {tmp_path}/nowhere .* put the four MNIST IDX files'):
         datasets.load_mnist(str(tmp_path / 'nowhere'), mirrors=('file:///nonexistent/',))
 
 
 def test_a_data_folder_that_is_a_file_is_refused(tmp_path):
     a_file = tmp_path / 'mnist'
     a_file.write_text('not a folder')
-    with pytest.raises(utils.UserError, match='is a file, not a folder'):
+    with pytest.raises(process.UserError, match='is a file, not a folder'):
         datasets.load_mnist(str(a_file), mirrors=())
     assert a_file.read_text() == 'not a folder'
 
@@ -195,15 +199,15 @@ def normalised(text):
 def test_help_lists_every_config_key_with_its_type_default_and_meaning(dataset, capsys):
     for flags in (vae.FLAGS, vae_inference.FLAGS):
         with pytest.raises(SystemExit) as exit:
-            utils.parse_command_line(['--dataset', dataset, '--help'], flags)
+            command_line.parse_command_line(['--dataset', dataset, '--help'], flags)
         assert exit.value.code == 0
         text = normalised(capsys.readouterr().out)
         meanings = {key: meaning for group in config_module.descriptions.values() for key, meaning in group.items()}
         for key, value in config_module.configs[dataset].items():
             assert normalised(meanings[key]) in text, key
             if key != 'dataset':
-                kind = utils.TYPE_NAMES[type(value)]
-                default = normalised(f'(default: {utils.flag_value(value) or "none"})')
+                kind = config_keys.TYPE_NAMES[type(value)]
+                default = normalised(f'(default: {config_keys.flag_value(value) or "none"})')
                 assert f'--{key}{kind}' in text and default in text, key
         for name, (default, meaning) in flags.items():
             assert f'--{name}' in text and normalised(meaning) in text
@@ -223,11 +227,11 @@ def test_both_flag_forms_give_the_config_of_the_dict_with_those_values():
     joined = [f'{key}={value}' for key, value in zip(spaced[::2], spaced[1::2])]
     expected = dict(config_module.config_mnist, z_dim=8, encoder_filters=[4, 8, 8], deterministic=False,
                     learning_rate=0.001, likelihood='bernoulli', kl_schedule='cyclical')
-    assert config_keys(utils.parse_command_line(spaced)[0]) == expected == \
-        config_keys(utils.parse_command_line(joined)[0])
-    assert config_keys(utils.parse_command_line(['--dataset=MNIST_2d'])[0]) == config_module.config_mnist_2d
-    config, options = utils.parse_command_line(['--k=7', '--evaluate', '--checkpoint', '3'], vae_inference.FLAGS)
-    assert config_keys(config) == config_module.config_mnist and options['k'] == 7 and options['evaluate'] and \
+    assert keys_only(command_line.parse_command_line(spaced)[0]) == expected == \
+        keys_only(command_line.parse_command_line(joined)[0])
+    assert keys_only(command_line.parse_command_line(['--dataset=MNIST_2d'])[0]) == config_module.config_mnist_2d
+    config, options = command_line.parse_command_line(['--k=7', '--evaluate', '--checkpoint', '3'], vae_inference.FLAGS)
+    assert keys_only(config) == config_module.config_mnist and options['k'] == 7 and options['evaluate'] and \
         options['checkpoint'] == 3 and not options['projector']
 
 

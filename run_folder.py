@@ -1,0 +1,267 @@
+"""A run folder: its config.json, its checkpoints and its lock.
+
+run_path names the folders inside run_directory. config.json is read (read_run_config), built
+(run_config_record), written (write_run_config) and checked against this run (check_run_config_matches).
+Checkpoints are listed, read back, digested, kept aside when unreadable, checked against the epoch length and
+restored with every variable's shape checked. run_folder_lock keeps a second training process out.
+"""
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import tempfile
+
+from config_keys import KEY_TYPES, RUN_IDENTITY_KEYS, flag_value, images_per_update
+from process import UserError, read_text, tf, tf1, write_atomically
+
+
+def run_path(config, key):
+    """Path of one of the run's folders (model_directory, log_directory, ...) inside run_directory."""
+    return os.path.join(config['run_directory'], config[key])
+
+
+def has_checkpoints(run_directory, config):
+    return bool(all_checkpoints(os.path.join(run_directory, config['model_directory'])))
+
+
+def new_run_directory(run_directory, config):
+    """The first of `run_directory`, `run_directory-2`, `-3`, ... that holds no run (checkpoints or config.json)."""
+    candidate, number = run_directory, 1
+    while has_checkpoints(candidate, config) or os.path.lexists(os.path.join(candidate, 'config.json')):
+        number += 1
+        candidate = f'{run_directory.rstrip(os.sep)}-{number}'
+    return candidate
+
+
+def make_folder(folder, key='run_directory'):
+    """os.makedirs(folder) that is checked for writing: a file in the way, a read-only folder or file system fail
+    here, with one line, rather than at the first save."""
+    for action, make in (('create', lambda: os.makedirs(folder, exist_ok=True)),
+                         ('write in', lambda: tempfile.TemporaryFile(dir=folder).close())):
+        try:
+            make()
+        except OSError as error:
+            raise UserError(f'cannot {action} {folder} ({error.strerror or error}); choose a writable '
+                            f'--{key}') from None
+
+
+def make_run_folders(config):
+    """The run's checkpoint and TensorBoard folders, or a one-line error when they cannot be made or written."""
+    for key in ('model_directory', 'log_directory'):
+        make_folder(run_path(config, key))
+
+
+@contextlib.contextmanager
+def run_folder_lock(config):
+    """Hold the run folder for one training process: a second one on the same folder is refused with the first's
+    PID instead of overwriting its checkpoints. An flock, so the kernel frees it when the holder dies, SIGKILL
+    included."""
+    path = os.path.join(config['run_directory'], '.lock')
+    with open(path, 'a+') as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'unknown'
+            raise UserError(f'{config["run_directory"]} is being trained by another process (PID {holder}); wait '
+                            'for it to finish, stop it, or choose another --run_directory') from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f'{os.getpid()}\n')
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- config.json
+
+def read_run_config(config):
+    """The run folder's config.json as a dict, None when it has none; a damaged one is a one-line error."""
+    path = os.path.join(config['run_directory'], 'config.json')
+    if not os.path.lexists(path):
+        return None
+    try:
+        saved = json.loads(read_text(path, 'config.json'))
+        if not isinstance(saved, dict):
+            raise ValueError('not a JSON object')
+        return saved
+    except ValueError as error:
+        raise UserError(f'{path} is not a readable config ({error}); restore it from a copy, or delete it (the '
+                        'checkpoints are then checked variable by variable)') from None
+
+
+def check_run_config_matches(config):
+    """Refuse to train in a folder whose config.json (with no checkpoint beside it) is another run's."""
+    saved = read_run_config(config)
+    if saved is None:
+        return
+    for key in RUN_IDENTITY_KEYS:
+        if key in saved and saved[key] != config[key]:
+            raise UserError(f'{config["run_directory"]} holds the config.json of another run ({key}='
+                            f'{flag_value(saved[key])}, here {flag_value(config[key])}) but no checkpoint; pass '
+                            '--fresh for a new run folder, or move its config.json away')
+
+
+def run_config_record(config, steps_per_epoch):
+    """What config.json holds: every config key, then the preset, the steps an epoch and the changes."""
+    return {**{key: config[key] for key in config if key in KEY_TYPES}, 'preset': config.get('preset'),
+            'steps_per_epoch': steps_per_epoch, 'changes': config.get('changes', [])}
+
+
+def write_run_config(config, steps_per_epoch):
+    """The run's config.json, replaced whole (run_config_record)."""
+    record = run_config_record(config, steps_per_epoch)
+    path = os.path.join(config['run_directory'], 'config.json')
+    write_atomically(path, lambda f: json.dump(record, f, indent=2), 'w')
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def list_checkpoints(model_directory, kind='model'):
+    """{number: checkpoint prefix} of the complete checkpoints <kind>_<number> in a folder: model_<epoch>
+    (saved after an epoch) or interrupted_<step> (saved on SIGINT / SIGTERM). The .index file is written last."""
+    checkpoints = {}
+    for index in glob.glob(os.path.join(glob.escape(str(model_directory)), f'{kind}_*.index')):
+        match = re.fullmatch(rf'{kind}_(\d+)\.index', os.path.basename(index))
+        if match and os.path.isfile(index):
+            checkpoints[int(match.group(1))] = index[:-len('.index')]
+    return dict(sorted(checkpoints.items()))
+
+
+def all_checkpoints(model_directory):
+    """Prefixes of every complete checkpoint in a folder, model_<epoch> and interrupted_<step> alike."""
+    return list(list_checkpoints(model_directory).values()) + \
+        list(list_checkpoints(model_directory, 'interrupted').values())
+
+
+def checkpoint_problem(prefix):
+    """None when every tensor of the checkpoint reads back, else what went wrong (a truncated .data, say)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
+
+
+def keep_aside(prefix):
+    """Rename a checkpoint's files <prefix>.* to <prefix>-unreadable[-k].*, out of the checkpoint listing but kept;
+    returns the new prefix."""
+    number, aside = 1, f'{prefix}-unreadable'
+    while glob.glob(glob.escape(aside) + '.*'):
+        number += 1
+        aside = f'{prefix}-unreadable-{number}'
+    for path in glob.glob(glob.escape(prefix) + '.*'):
+        os.replace(path, aside + path[len(prefix):])
+    return aside
+
+
+def checkpoint_step(prefix):
+    """The global step a checkpoint holds; None for weights only (an export) or one that does not read."""
+    try:
+        return int(tf.train.load_variable(prefix, 'global_step'))
+    except (tf.errors.OpError, ValueError, IndexError, OSError):
+        return None
+
+
+def checkpoint_digest(prefix):
+    """SHA-1 of a checkpoint's files: what identifies the weights an evaluation was made with."""
+    digest = hashlib.sha1()
+    for path in sorted(glob.glob(glob.escape(prefix) + '.*')):
+        if re.fullmatch(r'\.(index|data-\d+-of-\d+)', path[len(prefix):]):
+            with open(path, 'rb') as f:
+                for block in iter(lambda: f.read(1 << 20), b''):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def newest_step(config):
+    """The most global steps of the run's checkpoints, where training resumes (a one-line error for weights
+    only: an --export is for restoring, not for training on)."""
+    steps = [checkpoint_step(prefix) for prefix in all_checkpoints(run_path(config, 'model_directory'))]
+    if steps and all(step is None for step in steps) and all(checkpoint_problem(prefix) is None for prefix in
+                                                             all_checkpoints(run_path(config, 'model_directory'))):
+        raise UserError(f'{config["run_directory"]} holds weights only (no optimizer state or step: an --export); '
+                        'it cannot be trained on. Restore it with vae_inference.py, or train with --fresh')
+    return max([step for step in steps if step is not None], default=0)
+
+
+def check_epoch_length(config, steps_per_epoch=None):
+    """Refuse a run whose checkpoints count another epoch than steps_per_epoch (training's; for inference, the
+    one config.json recorded): config.json's steps_per_epoch, and each model_<N>'s global step, which ends epoch
+    N: (N + 1) * steps_per_epoch, or more on an asynchronous cluster, whose other workers move the step on while
+    the chief saves. A model_<N> copied in from another run is refused by name, so training and
+    inference agree on the newest checkpoint."""
+    recorded = config.get('steps_per_epoch')
+    if steps_per_epoch is not None and recorded is not None and recorded != steps_per_epoch:
+        raise UserError(f'{config["run_directory"]} was trained with {recorded} steps an epoch, this run would make '
+                        f'{steps_per_epoch} (batch_size {config["batch_size"]}, {images_per_update(config)} images an '
+                        'update); resume it with the run\'s batch_size, num_train_images and cluster, or --fresh')
+    steps_per_epoch = steps_per_epoch or recorded
+    if steps_per_epoch is None:  # a folder from before config.json recorded it, restored for inference
+        return
+    trained = {**config, **{key: value for key, value in (read_run_config(config) or {}).items()
+                            if key in ('num_ps_tasks', 'sync_replicas')}}
+    asynchronous = trained['num_ps_tasks'] > 0 and not trained['sync_replicas']
+    for epoch, prefix in list_checkpoints(run_path(config, 'model_directory')).items():
+        step = checkpoint_step(prefix)
+        if step is not None and (step // steps_per_epoch < epoch + 1 or
+                                 not asynchronous and step // steps_per_epoch > epoch + 1):
+            raise UserError(f'{prefix} holds step {step}, not the end of epoch {epoch} at {steps_per_epoch} steps '
+                            f'an epoch ({(epoch + 1) * steps_per_epoch}): it was trained with another batch_size or '
+                            'num_train_images, or is another run\'s; resume with the run\'s settings, or move it away')
+
+
+def latest_checkpoint(config):
+    """(prefix, global step) of the readable checkpoint with the most training steps, or (None, 0) when the
+    folder has none; checkpoints that exist but none of which reads back are a one-line error.
+
+    TensorFlow renames a checkpoint's .index into place last, so a write cut short leaves no .index. A
+    checkpoint that still cannot be read whole (a truncated .data, a damaged .index) is skipped with a
+    warning, and the next newest is taken.
+    """
+    model_directory = run_path(config, 'model_directory')
+    for partial in glob.glob(os.path.join(glob.escape(model_directory), '*.tempstate*')):
+        with contextlib.suppress(OSError):
+            os.remove(partial)  # the remains of a save that was killed; its .index was never written
+    candidates, problems = [], []
+    for prefix in all_checkpoints(model_directory):
+        step = checkpoint_step(prefix)
+        if step is None:
+            problems.append(f'{prefix} ({checkpoint_problem(prefix) or "no global step"})')
+        else:
+            candidates.append((step, prefix))
+    for step, prefix in sorted(candidates, reverse=True):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            for skipped in problems:
+                print(f'warning: skipping unreadable checkpoint {skipped}')
+            return prefix, step
+        problems.append(f'{prefix} ({problem})')
+    if problems:
+        raise UserError(f'{model_directory} holds checkpoints but none reads back: {problems[0]}; move the folder '
+                        'away to start over, or pass --fresh for a new run folder')
+    return None, 0
+
+
+def restore_checkpoint(sess, saver, prefix, config=None):
+    """saver.restore after checking that every variable of the graph is in the checkpoint with its shape
+    (the compat.v1 Saver would silently reshape a variable to the checkpoint's shape)."""
+    saved = dict(tf.train.list_variables(prefix))
+    for variable in sess.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES):
+        name, shape = variable.op.name, variable.shape.as_list()
+        if name not in saved or list(saved[name]) != shape:
+            found = f'shape {list(saved[name])}' if name in saved else 'nothing'
+            described = config and os.path.exists(os.path.join(config['run_directory'], 'config.json'))
+            fix = (f'{config["run_directory"]}/config.json does not describe this checkpoint: restore the run\'s own '
+                   'config.json, or move it away and pass the keys the checkpoint was trained with') if described \
+                else 'pass the config keys it was trained with'
+            raise UserError(f'{prefix} does not fit the configured model: {name} has shape {shape} here but '
+                            f'{found} in the checkpoint; {fix}')
+    saver.restore(sess, prefix)
