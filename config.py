@@ -23,7 +23,7 @@ config_mnist = {
     'kl_schedule': 'constant', 'kl_warmup_epochs': 10, 'kl_cycle_epochs': 10, 'kl_cycle_ramp': 0.5, 'free_bits': 0.0,
     'objective': 'elbo', 'train_samples': 1, 'iwae_start_epoch': 0, 'save_every': 5, 'summary_every': 50, 'seed': 0,
     'deterministic': True, 'num_threads': 0, 'precision': 'float32',
-    # several devices and machines (README, "Several devices, several machines"); defaults: one process, one device
+    # several devices and machines (docs/distributed.md); defaults: one process, one device
     'num_clones': 1, 'clone_on_cpu': False, 'worker_replicas': 1, 'num_ps_tasks': 0, 'job_name': 'worker', 'task': 0,
     'ps_hosts': [], 'worker_hosts': [], 'sync_replicas': True,
     # run folder
@@ -35,7 +35,8 @@ config_mnist = {
 
 # The literature's protocol (Burda et al. 2015): Bernoulli decoder, dynamically binarised MNIST, test -log p(x)
 # from k=5000 importance samples (python vae.py --dataset MNIST_bernoulli, then python vae_inference.py
-# --run_directory MNIST-bernoulli --evaluate --k 5000). Sizes, epochs and schedules chosen by experiment (README).
+# --run_directory MNIST-bernoulli --evaluate --k 5000). Sizes, epochs and schedules chosen by experiment
+# (docs/results.md).
 config_mnist_bernoulli = dict(
     config_mnist, likelihood='bernoulli', binarize=True, run_directory='MNIST-bernoulli',
     z_dim=32, encoder_filters=[64, 128, 128], encoder_strides=[2, 2, 1],  # 28 -> 7x7x128

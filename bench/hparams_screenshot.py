@@ -1,4 +1,4 @@
-"""A screenshot of TensorBoard's HParams table with chosen columns (a script, not a test; the README's picture):
+"""A screenshot of the HParams table with chosen columns (a script, not a test; the picture of docs/tensorboard.md):
 
     python bench/hparams_screenshot.py http://localhost:6006/#hparams hparams.png \
         --hparams z_dim,learning_rate,kl_schedule --metrics test_negative_elbo_nats,negative_iwae_nats
