@@ -130,3 +130,19 @@ def test_every_documented_command_names_flags_its_script_has():
 def test_every_relative_link_and_image_exists():
     problems = [problem for page in PAGES for problem in broken_links(page)]
     assert not problems, '\n'.join(problems)
+
+
+def test_every_test_the_documentation_names_exists():
+    """The faults table and the pages name their tests as `test_FILE.py::test_NAME` (or `::test_NAME` after one):
+    each must be a test function of that file."""
+    defined = {os.path.basename(path): set(re.findall(r'^def (test_\w+)', read(path), re.M))
+               for path in glob.glob(os.path.join(ROOT, 'tests', 'test_*.py'))}
+    missing = []
+    for page in PAGES:
+        for line in read(page).splitlines():
+            current = None
+            for match in re.finditer(r'(test_\w+\.py)?::(test_\w+)', line):
+                current = match.group(1) or current
+                if current is None or match.group(2) not in defined.get(current, ()):
+                    missing.append((page, match.group(0)))
+    assert not missing, missing
