@@ -121,7 +121,8 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     3. the flags --KEY VALUE (--KEY=VALUE): on a run, one that contradicts RUN_IDENTITY_KEYS (and, training,
        EPOCH_KEYS) is refused; training, one that changes how the run trains is recorded in 'changes';
     4. TF_CONFIG, which gives the cluster and this process's job and task.
-    Every value is checked for its type (KEY_TYPES), its range and against the others (check_config).
+    Every value is checked for its type (KEY_TYPES), its range and against the others (check_config). Only then,
+    with --fresh on a folder that holds a run, is the new folder claimed: created, so no other command takes it.
 
     Returns (config, options): the config keys plus RECORD_KEYS ('preset', 'steps_per_epoch' when the run
     recorded it, 'changes'), and a dict of the script's own flags. `--help` lists every key.
@@ -131,10 +132,14 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     dataset_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     dataset_parser.error = refuse
     dataset_parser.add_argument('--dataset')
-    named = dataset_parser.parse_known_args(argv)[0].dataset
+    dataset_parser.add_argument('--run_directory')
+    early = dataset_parser.parse_known_args(argv)[0]
+    named = early.dataset
     preset = presets.default if named is None else named
     if preset not in presets.configs:
         raise UserError(f'unknown dataset {preset!r}; choose one of {", ".join(presets.configs)} (config.py)')
+    if named is None and from_run and '--fresh' not in argv:  # a run knows its preset: its keys are options here
+        preset = run_preset(early.run_directory, presets, preset) or preset
     config = check_value_types(copy.deepcopy(presets.configs[preset]), 'config.py')
     parser = command_line_parser(config, flags, description, presets)
     namespace, unknown = parser.parse_known_args(argv)
@@ -152,22 +157,37 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     where.update({key: 'flag' for key in given})
     record = {'preset': preset, 'changes': []}
     run_directory = config['run_directory']
-    if options.get('fresh') and has_checkpoints(run_directory, config):
-        config['run_directory'] = new_run_directory(run_directory, config)
-        print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in '
-              f'{config["run_directory"]} (resume it with --run_directory {config["run_directory"]})')
-    elif options.get('fresh'):
-        print(f'--fresh: {run_directory} holds no checkpoints; training there')
-    elif from_run and has_checkpoints(run_directory, config):
+    # --fresh on a folder that holds a run (its checkpoints, or another run's config.json): a new folder, claimed once
+    # every value is checked.
+    fresh = options.get('fresh') and (has_checkpoints(run_directory, config) or
+                                      os.path.lexists(os.path.join(run_directory, 'config.json')))
+    if options.get('fresh') and not fresh:
+        print(f'--fresh: {run_directory} holds no run; training there')
+    elif from_run and not fresh and has_checkpoints(run_directory, config):
         config, where, record = config_from_run(config, where, record, presets, named, training)
     saved_changes = (read_run_config(config) or {}).get('changes', []) if record['changes'] else []
     config.update(tf_config_keys())
     where.update({key: 'TF_CONFIG' for key in tf_config_keys()})
     check_config(config, where)
+    if fresh:
+        config['run_directory'] = new_run_directory(run_directory)
+        print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in '
+              f'{config["run_directory"]} (resume it with --run_directory {config["run_directory"]})')
     for change in record['changes'][len(saved_changes):]:  # this command's, once every value passed its check
         print(f'changing {change["key"]} {flag_value(change["from"])} -> {flag_value(change["to"])} from '
               + (f'epoch {change["epoch"]}' if change['epoch'] is not None else f'step {change["step"]}'))
     return {**config, **record}, options
+
+
+def run_preset(run_directory, presets, default):
+    """The preset a run folder with checkpoints was trained from (its config.json's), None when it names none
+    known; run_directory None is the default preset's folder."""
+    folder = {**presets.configs[default], **({'run_directory': run_directory} if run_directory else {})}
+    if not has_checkpoints(folder['run_directory'], folder):
+        return None
+    saved = read_run_config(folder) or {}
+    preset = saved.get('preset')
+    return preset if isinstance(preset, str) and preset in presets.configs else None
 
 
 def config_from_run(config, where, record, presets, named, training):
@@ -185,6 +205,13 @@ def config_from_run(config, where, record, presets, named, training):
         base = check_value_types(copy.deepcopy(presets.configs[preset]), 'config.py')
         config = {**base, **{key: config[key] for key in given}}
         where = {**{key: 'config.py' for key in base}, **{key: 'flag' for key in given}}
+    # The model's keys decide what a checkpoint means (its decoder variance, its likelihood, its test set): one
+    # config.json lacks is never taken from config.py. The CelebA keys of an MNIST run are not its model's.
+    missing = [key for key in RUN_IDENTITY_KEYS if key not in saved and key not in given and
+               not (key in CELEBA_ONLY_KEYS and saved.get('dataset', config['dataset']) != 'celebA')]
+    if missing:
+        raise UserError(f'{path} lacks {", ".join(missing)}, which the run was trained with; restore it from a copy, '
+                        f'or pass --{missing[0]} with the value the run was trained with')
     changes = saved.get('changes', [])
     spe = saved.get('steps_per_epoch')
     if spe is not None and (not isinstance(spe, int) or isinstance(spe, bool) or spe <= 0) or \

@@ -116,6 +116,15 @@ def flag_value(value):
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+# TensorFlow's checkpoint reader and SavedModel loader take a path as a glob pattern: the run folder, its checkpoint
+# folder and every destination a checkpoint is written to (--export, --saved_model) must hold none of these.
+LITERAL_PATH = 'a path without *, ?, [ or ] (TensorFlow reads checkpoint paths as patterns)'
+
+
+def is_pattern(path):
+    return bool(set(str(path)) & set('*?[]'))
+
+
 def check_config(config, where=None):
     """Reject values that cannot train or would train something else than asked, naming the key, where its value
     came from ('config.py', 'flag', a config.json, 'TF_CONFIG') and the fix."""
@@ -154,9 +163,8 @@ def check_config(config, where=None):
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
     for key in ('run_directory', 'model_directory'):
-        if set(config[key]) & set('*?[]'):  # TensorFlow's checkpoint reader takes a path as a glob pattern
-            raise bad(key, 'a path without *, ?, [ or ] (TensorFlow reads checkpoint paths as patterns)',
-                      repr(config[key]))
+        if is_pattern(config[key]):
+            raise bad(key, LITERAL_PATH, repr(config[key]))
     if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
         raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
                         'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')

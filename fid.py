@@ -425,6 +425,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise UserError(f'the two statistics differ in shape: means {mu1.shape} and {mu2.shape}, covariances '
                         f'{sigma1.shape} and {sigma2.shape}')
+    if not all(np.isfinite(array).all() for array in (mu1, sigma1, mu2, sigma2)):
+        raise UserError('the feature statistics hold values that are not finite (NaN or inf); compute them again '
+                        'from the images')
     difference = mu1 - mu2
     # Covariances of fewer images than features are singular, and SciPy warns about their product; pytorch-fid
     # silences that (disp=False, deprecated since SciPy 1.16) and decides by the two checks below.

@@ -48,8 +48,8 @@ def exit_on_user_error(main):
     except UserError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:  # before training started (training saves a checkpoint and exits by itself)
-        print('interrupted; nothing was saved', file=sys.stderr)
+    except KeyboardInterrupt:  # not in training (which saves a checkpoint and exits by itself)
+        print('interrupted; every file written before it is kept whole, none is left half-written', file=sys.stderr)
         sys.exit(130)
 
 

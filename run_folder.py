@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -27,13 +28,20 @@ def has_checkpoints(run_directory, config):
     return bool(all_checkpoints(os.path.join(run_directory, config['model_directory'])))
 
 
-def new_run_directory(run_directory, config):
-    """The first of `run_directory`, `run_directory-2`, `-3`, ... that holds no run (checkpoints or config.json)."""
-    candidate, number = run_directory, 1
-    while has_checkpoints(candidate, config) or os.path.lexists(os.path.join(candidate, 'config.json')):
-        number += 1
+def new_run_directory(run_directory):
+    """The first of `run_directory-2`, `-3`, ... that does not exist, claimed by creating it: a path that exists (a
+    run, a folder another --fresh created a moment before, a file) is passed over, so two commands started together
+    never train in the same new folder."""
+    for number in itertools.count(2):
         candidate = f'{run_directory.rstrip(os.sep)}-{number}'
-    return candidate
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise UserError(f'cannot create {candidate} ({error.strerror or error}); choose a writable '
+                            '--run_directory') from None
+        return candidate
 
 
 def make_folder(folder, key='run_directory'):
@@ -54,11 +62,18 @@ def make_run_folders(config):
         make_folder(run_path(config, key))
 
 
+HELD = set()  # the run folders (real paths) this process holds: run_folder_lock inside run_folder_lock is a no-op
+
+
 @contextlib.contextmanager
 def run_folder_lock(config):
     """Hold the run folder for one training process: a second one on the same folder is refused with the first's
     PID instead of overwriting its checkpoints. An flock, so the kernel frees it when the holder dies, SIGKILL
-    included."""
+    included. vae.py's main holds it from the resolution of its configuration to the end of training."""
+    folder = os.path.realpath(config['run_directory'])
+    if folder in HELD:
+        yield
+        return
     path = os.path.join(config['run_directory'], '.lock')
     with open(path, 'a+') as lock:
         try:
@@ -72,9 +87,11 @@ def run_folder_lock(config):
         lock.truncate()
         lock.write(f'{os.getpid()}\n')
         lock.flush()
+        HELD.add(folder)
         try:
             yield
         finally:
+            HELD.discard(folder)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 

@@ -15,6 +15,7 @@ pictures.py.
 import collections
 import contextlib
 import glob
+import io
 import os
 import signal
 import sys
@@ -795,12 +796,33 @@ def resume_point(config):
 FLAGS = {'fresh': (None, 'start over in a new run folder (<run_directory>-2, -3, ...), keeping the old one')}
 
 
+def resolved(argv):
+    return command_line.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True, training=True)
+
+
+def check_resolution_holds(argv, config, options):
+    """The configuration resolved again, now that this process holds the run folder: the first resolution read
+    its config.json and checkpoints before the lock, and another process may have trained there since. Any
+    difference is refused before anything is loaded or written. (--fresh: the folder it claimed, resolved as is.)"""
+    again = [arg for arg in argv if arg != '--fresh'] + ['--run_directory', config['run_directory']] \
+        if options['fresh'] else argv
+    with contextlib.redirect_stdout(io.StringIO()):  # its lines were printed the first time
+        if resolved(again)[0] != config:
+            raise UserError(f'{config["run_directory"]} changed while this command started (another process trained '
+                            'in it); run the command again to go on from what it holds now')
+
+
 def main(argv):
-    config, _ = command_line.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True, training=True)
+    config, options = resolved(argv)
     cluster = deploy.cluster_from_config(config)
     if cluster and config['job_name'] == 'ps':
-        deploy.serve_parameters(config, cluster)
-    else:
+        return deploy.serve_parameters(config, cluster)
+    if not deploy.is_chief(config, cluster):
+        return train(config, datasets.load_dataset(config), cluster)
+    deploy.precision_line(config)  # a precision this machine cannot train is refused before the folder is made
+    run_folder.make_run_folders(config)
+    with run_folder.run_folder_lock(config):  # held from here to the end of training
+        check_resolution_holds(argv, config, options)
         train(config, datasets.load_dataset(config), cluster)
 
 

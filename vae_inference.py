@@ -606,6 +606,7 @@ def export_run(config, epoch, folder):
 
 # ---------------------------------------------------------------- sample quality: the FID
 
+MAX_FID_SAMPLES = 10 ** 5  # generated images one FID may score: 16 KB of float64 features each, 1.6 GB at the bound
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
 SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means',
@@ -637,9 +638,9 @@ def resumable_features(extract, make_images, count, config, progress_path, ident
 
 
 def kept_arrays(path, what, valid, compute):
-    """The arrays of the .npz file path when it holds a valid(arrays) `what`; else compute()'s, written to it
-    atomically (a damaged or foreign file is replaced whole, with a warning). A path that is a folder, under a
-    file, or unreadable is a one-line error before anything is computed."""
+    """The arrays of the .npz file path when they are all finite and hold a valid(arrays) `what`; else compute()'s,
+    written to it atomically (a damaged, foreign or non-finite file is replaced whole, with a warning). A path that
+    is a folder, under a file, or unreadable is a one-line error before anything is computed."""
     folder = os.path.dirname(path)
     if os.path.isdir(path) or (os.path.lexists(folder) and not os.path.isdir(folder)):
         where = f'{path} is a folder' if os.path.isdir(path) else f'{folder} is in the way of {what} ({path})'
@@ -653,9 +654,10 @@ def kept_arrays(path, what, valid, compute):
         except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
             print(f'warning: {path} is damaged ({type(error).__name__}); computing {what} again')
         else:
-            try:
-                usable = valid(arrays)
-            except (KeyError, ValueError, TypeError):
+            try:  # every kept number finite (a NaN would hang the square root of the FID), then the caller's check
+                usable = all(np.isfinite(array).all() for array in arrays.values()
+                             if np.issubdtype(array.dtype, np.number)) and valid(arrays)
+            except (KeyError, ValueError, TypeError, IndexError):
                 usable = False
             if usable:
                 print(f'{what} from {path}')
@@ -680,7 +682,9 @@ def test_statistics(config, extract, images):
                                       progress, f'images={digest}', 'test images')
         mu, sigma = fid.feature_statistics(features)
         return {'images_sha1': np.array(digest), 'mu': mu, 'sigma': sigma}
-    saved = kept_arrays(path, 'test statistics', lambda arrays: str(arrays['images_sha1']) == digest, compute)
+    saved = kept_arrays(path, 'test statistics', lambda arrays: str(arrays['images_sha1']) == digest and
+                        arrays['mu'].shape == (fid.FEATURES,) and arrays['sigma'].shape == (fid.FEATURES,) * 2,
+                        compute)
     discard_progress(progress)
     return saved['mu'], saved['sigma']
 
@@ -845,11 +849,20 @@ def main(argv):
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
     if options['sampler'] not in SAMPLER_TITLES:
         raise UserError(f'--sampler must be one of {", ".join(SAMPLER_TITLES)} (got {options["sampler"]!r})')
-    if options['fid_samples'] < 2 or options['two_stage_epochs'] < 1:
-        raise UserError(f'--fid_samples must be at least 2 (got {options["fid_samples"]}) and --two_stage_epochs at '
-                        f'least 1 (got {options["two_stage_epochs"]})')
+    if not 2 <= options['fid_samples'] <= MAX_FID_SAMPLES or options['two_stage_epochs'] < 1:
+        raise UserError(f'--fid_samples must be in 2..{MAX_FID_SAMPLES:,} (the protocol: 10,000; got '
+                        f'{options["fid_samples"]}) and --two_stage_epochs at least 1 (got '
+                        f'{options["two_stage_epochs"]})')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
+    destinations = [name for name in ('saved_model', 'export') if options[name]]
+    for name in destinations:  # checked by the rule of run folders: TensorFlow will read them back
+        if config_keys.is_pattern(options[name]):
+            raise UserError(f'--{name} must be {config_keys.LITERAL_PATH}, got {options[name]!r}; pass another '
+                            f'--{name}')
+    if destinations and len(destinations + pictures) > 1:
+        raise UserError(f'--{" --".join(destinations + pictures)} cannot go together: --{destinations[0]} writes the '
+                        'checkpoint into a new folder and nothing else; run each in a command of its own')
     if options['curves']:
         write_curves(config)
         if pictures == ['curves']:

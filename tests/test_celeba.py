@@ -196,6 +196,14 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba, tiny_run, pristin
     assert not list((run / 'logs').glob('projector_labels*'))
 
 
+def test_a_celeba_runs_own_keys_need_no_dataset_flag(tiny_run):
+    # The run folder knows its preset: --num_test_images (a CelebA key) is an option without --dataset celebA.
+    run = tiny_run('celebA')
+    result = run_script('vae_inference.py', '--run_directory', run, '--num_test_images', '3', '--evaluate', '--k', '2')
+    assert result.returncode == 0, result.stderr
+    assert evaluation_record(run)['test_images'] == 3
+
+
 @pytest.mark.slow
 def test_the_fid_of_a_celeba_run_scores_its_test_split(tmp_path, tiny_run):
     # The FID takes the same path as MNIST's: the test split's 5 faces, their reconstructions and two_stage samples.

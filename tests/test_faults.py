@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import command_line
 import datasets
+import run_folder
 import vae
 import vae_inference
 from conftest import BASE, ROOT, assert_refused, run_script, snapshot, subset, tiny_config
@@ -49,6 +50,39 @@ def test_a_second_training_process_on_a_run_folder_is_refused(trained):
         assert_refused(result, f'is being trained by another process (PID {os.getpid()})', trained, before)
     result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')  # released: it resumes
     assert result.returncode == 0 and 'resuming' in result.stdout, result.stderr
+
+
+def test_a_run_trained_while_a_command_starts_is_never_taken_over(tmp_path, monkeypatch):
+    # A second vae.py resolves its configuration from an empty folder; before it holds the folder, another process
+    # trains there. It must not resume that run with its own settings (and record no change): it is refused.
+    run = tmp_path / 'run'
+    make_folders = run_folder.make_run_folders
+
+    def meanwhile(config):  # between this command's resolution and its lock
+        monkeypatch.setattr(run_folder, 'make_run_folders', make_folders)
+        assert run_script('vae.py', *BASE, '--num_epoch', '1', '--run_directory', run).returncode == 0
+        meanwhile.before = snapshot(run)
+        make_folders(config)
+    monkeypatch.setattr(run_folder, 'make_run_folders', meanwhile)
+    result = run_script('vae.py', *BASE, '--run_directory', run, '--learning_rate', '0.002', '--seed', '7')
+    assert_refused(result, f'{run} changed while this command started', run, meanwhile.before)
+
+
+def test_fresh_claims_its_new_folder_once_every_value_is_checked(trained):
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', trained, '--fresh', '--learning_rate', '-1'),
+                   'learning_rate must be positive')
+    assert not os.path.exists(f'{trained}-2')  # a refused command claims nothing
+    os.mkdir(f'{trained}-2')  # claimed a moment ago by a --fresh started beside this one: empty, for now
+    result = run_script('vae.py', *BASE, '--run_directory', trained, '--fresh', '--num_epoch', '1')
+    assert result.returncode == 0 and f'training in {trained}-3' in result.stdout, result.stdout + result.stderr
+    assert os.listdir(f'{trained}-2') == []
+    # A folder holding another run's config.json and no checkpoint: refused, saying --fresh, which then works.
+    other = trained.parent / 'other'
+    other.mkdir()
+    (other / 'config.json').write_text((trained / 'config.json').read_text().replace('"z_dim": 4', '"z_dim": 8'))
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', other), 'pass --fresh for a new run folder')
+    result = run_script('vae.py', *BASE, '--run_directory', other, '--fresh', '--num_epoch', '1')
+    assert result.returncode == 0 and f'training in {other}-2' in result.stdout, result.stdout + result.stderr
 
 
 def test_a_damaged_config_json_is_a_one_line_error(trained):
@@ -188,6 +222,7 @@ def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
     ('vae_inference.py', ['--checkpoint', '9'], 'no checkpoint model_9'),
     ('vae_inference.py', ['--interpolate', '--num_test', '1'], 'pass --num_test 2 or more'),
     ('vae_inference.py', ['--manifold'], '--manifold needs a model with z_dim 2'),
+    ('vae_inference.py', ['--fid', '--fid_samples', '30000000'], '--fid_samples must be in 2..100,000'),
 ])
 def test_bad_input_on_a_trained_run_changes_nothing(trained, script, args, message):
     before = snapshot(trained)

@@ -184,6 +184,7 @@ def test_features_match_the_torchscript_original(tf_features, reference):
     np.testing.assert_allclose(tf_features, expected, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # the 2048-dimensional square root: 9 s (the closed-form test checks the formula)
 def test_fid_matches_the_original(tf_features, reference):
     """The original: torch's features and pytorch-fid's formula; observed difference 2.7e-5 (FID 161.33). One
     2048x2048 sqrtm, the slowest part of the tests (seconds to tens of seconds on 2 cores)."""
@@ -319,6 +320,35 @@ def test_the_test_statistics_are_cached_by_image_set(tmp_path, monkeypatch):
     other[0, 0, 0, 0] += 0.5  # another image set: its own statistics
     vae_inference.test_statistics(config, extract, other)
     assert calls == [6, 6] and len(os.listdir(tmp_path / 'cache')) == 2  # no progress file left
+
+
+def test_kept_statistics_that_are_not_finite_or_lack_an_array_are_computed_again(tmp_path, capsys):
+    import vae_inference
+    from conftest import tiny_config
+    config = {**tiny_config(tmp_path), 'fid_cache_directory': str(tmp_path / 'cache')}
+    calls = []
+
+    def extract(pixels):  # a stand-in for Inception: 2048 features from each image's pixels
+        calls.append(len(pixels))
+        return np.tile(pixels.reshape(len(pixels), -1)[:, :16], 128).astype(np.float32)
+    images = np.random.RandomState(0).uniform(size=(6, 28, 28, 1)).astype(np.float32)
+    mu, sigma = vae_inference.test_statistics(config, extract, images)
+    [path] = (tmp_path / 'cache').iterdir()
+    kept = dict(np.load(path))
+    for damaged in ({**kept, 'sigma': np.where(np.eye(2048) > 0, np.nan, kept['sigma'])},  # would hang sqrtm
+                    {name: array for name, array in kept.items() if name != 'sigma'},
+                    {**kept, 'mu': kept['mu'][:16]}):
+        np.savez(path, **damaged)
+        again = vae_inference.test_statistics(config, extract, images)
+        assert 'computing it again' in capsys.readouterr().out
+        assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
+    assert calls == [6] * 4
+
+
+def test_the_frechet_distance_refuses_statistics_that_are_not_finite():
+    sigma = np.eye(3)
+    sigma[1, 1] = np.nan
+    one_line_error(lambda: fid.frechet_distance(np.zeros(3), sigma, np.zeros(3), np.eye(3)), 'not finite')
 
 
 def test_the_gmm_sampler_draws_from_the_fitted_mixture():

@@ -3,6 +3,7 @@ import ast
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import command_line
@@ -55,6 +56,7 @@ def test_kl_divergence_matches_monte_carlo():
     assert np.all(np.abs(closed_form - estimate) < 4 * standard_error + 1e-3), (closed_form, estimate)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_real_mnist(tmp_path, mnist):
     config = tiny_config(tmp_path / 'run', '--num_epoch', '3', '--encoder_filters', '8,16,16',
                          '--decoder_filters', '16,8,1')

@@ -146,6 +146,20 @@ def test_a_damaged_or_contradicting_config_json_says_what_to_do(trained):
     assert_refused(result, f'z_dim must be an integer, got 4.5 in {trained}/config.json')
 
 
+def test_a_model_key_missing_from_config_json_is_refused_by_name(trained):
+    # Without kl_weight, config.py's value would set another decoder variance: other numbers, silently.
+    saved = json.load(open(trained / 'config.json'))
+    del saved['kl_weight']
+    (trained / 'config.json').write_text(json.dumps(saved))
+    before = snapshot(trained)
+    evaluate = ['--evaluate', '--k', '2', '--num_test', '10']
+    for script, args in (('vae.py', ['--num_epoch', '3']), ('vae_inference.py', evaluate)):
+        assert_refused(run_script(script, '--run_directory', trained, *args),
+                       f'{trained}/config.json lacks kl_weight, which the run was trained with', trained, before)
+    result = run_script('vae_inference.py', '--run_directory', trained, '--kl_weight', '0.0005', *evaluate)
+    assert result.returncode == 0, result.stderr  # stated on the command line, it is the user's word
+
+
 def test_a_non_finite_test_elbo_stops_like_a_non_finite_loss(tmp_path, mnist):
     # kl_weight 1e-40 is refused on the command line; here it gets past to reach the check of the saves: the
     # Gaussian decoder's variance kl_weight * D / 2 makes the test log-likelihood overflow float32.
@@ -224,6 +238,19 @@ def test_an_export_is_all_or_nothing(trained, tmp_path, monkeypatch):
     monkeypatch.undo()
     vae_inference.export_run(config, 1, str(target))  # a retry goes through
     assert run_folder.list_checkpoints(target / 'models') and (target / 'config.json').exists()
+
+
+def test_ctrl_c_just_after_a_record_is_written_says_it_is_kept(trained, monkeypatch):
+    write_record = vae_inference.write_record
+
+    def then_ctrl_c(*args):
+        write_record(*args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(vae_inference, 'write_record', then_ctrl_c)
+    result = run_script('vae_inference.py', '--run_directory', trained, '--evaluate', '--k', '2', '--num_test', '10')
+    assert result.returncode == 130 and 'nothing was saved' not in result.stderr, result.stderr
+    assert 'every file written before it is kept whole' in result.stderr
+    assert len(vae_inference.evaluation_records(trained)) == 1
 
 
 def test_the_writer_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):

@@ -184,6 +184,18 @@ def test_a_bad_saved_model_destination_is_one_line_and_nothing_is_written(traine
     assert (target / 'saved_model.pb').exists() and snapshot(trained) == before
 
 
+def test_a_destination_tensorflow_reads_as_a_pattern_or_beside_other_work_is_refused(trained, tmp_path):
+    # '/x/sm[1]' would be written, then globbed by tf.saved_model.load; --saved_model returned before --evaluate.
+    before = snapshot(trained)
+    for flags, message in ((['--saved_model', tmp_path / 'sm[1]'], '--saved_model must be a path without *, ?, ['),
+                           (['--export', tmp_path / 'exp*'], '--export must be a path without *, ?, ['),
+                           (['--saved_model', tmp_path / 'sm', '--evaluate', '--fid'],
+                            '--saved_model --evaluate --fid cannot go together'),
+                           (['--saved_model', tmp_path / 'sm', '--export', tmp_path / 'e'], 'cannot go together')):
+        assert_refused(run_script('vae_inference.py', '--run_directory', trained, *flags), message, trained, before)
+    assert os.listdir(tmp_path) == []
+
+
 def session_starts(log_directory):
     """[(events file name, {hparam: value})] of the hparams session starts in a log folder."""
     from tensorboard.plugins.hparams import metadata
