@@ -713,20 +713,25 @@ def training_posterior_means(sess, outputs, config, data):
     return vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, SAMPLER_FIT_IMAGES))
 
 
-def sampler_settings(config, options):
-    """What --sampler's samples depend on besides the checkpoint, as parts of a file name: for two_stage, the
-    second stage's epochs, seed and fitting constants (keying its kept fit and its FID record)."""
-    if options['sampler'] != 'two_stage':
-        return []
-    fitting = hashlib.sha1(repr((two_stage.FIT_SETTINGS, SAMPLER_FIT_IMAGES)).encode()).hexdigest()[:8]
-    return [f'e{options["two_stage_epochs"]}', f'seed{config["seed"]}', f'fit_{fitting}']
+def sampler_settings(config, options, data):
+    """What --sampler's samples depend on besides the checkpoint, as parts of a file name (keying its FID record
+    and two_stage's kept fit): the seed of its draws; for gmm and two_stage, a digest of what they are fitted to
+    (how many training images, --num_train_images can lower it) and how; for two_stage, its epochs too."""
+    seed = f'seed{config["seed"]}'
+    fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
+    if options['sampler'] == 'prior':
+        return [seed]
+    if options['sampler'] == 'gmm':
+        return [seed, f'fit_{hashlib.sha1(repr((GMM_COMPONENTS, fitted)).encode()).hexdigest()[:8]}']
+    fitting = hashlib.sha1(repr((two_stage.FIT_SETTINGS, fitted)).encode()).hexdigest()[:8]
+    return [f'e{options["two_stage_epochs"]}', seed, f'fit_{fitting}']
 
 
 def second_stage(sess, outputs, config, data, epoch, weights, options):
     """The two-stage sampler's second VAE (two_stage.py) for this checkpoint, fitted to the posterior means of its
     training images and kept in the run folder (two_stage/model_<N>-<sampler_settings>-weights_<digest>.npz):
     later calls read it back instead of fitting it again."""
-    name = '-'.join([f'model_{epoch}', *sampler_settings(config, options), f'weights_{weights[:10]}'])
+    name = '-'.join([f'model_{epoch}', *sampler_settings(config, options, data), f'weights_{weights[:10]}'])
     shapes = two_stage.weight_shapes(config['z_dim'])
 
     def valid(stage):
@@ -772,7 +777,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
     real = test_statistics(config, extract, test_images)
     sampler, samples = options['sampler'], options['fid_samples']
     settings = {'reconstructions': [f'n{len(test_images)}'],
-                sampler: [f'n{samples}', *sampler_settings(config, options)]}
+                sampler: [f'n{samples}', *sampler_settings(config, options, data)]}
     paths = {source: evaluation_path(config, epoch, weights, test_images, 'fid', source, *keys)
              for source, keys in settings.items()}
     kept = {source: kept_record(path, ('fid',)) for source, path in paths.items()}

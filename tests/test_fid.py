@@ -351,6 +351,25 @@ def test_the_frechet_distance_refuses_statistics_that_are_not_finite():
     one_line_error(lambda: fid.frechet_distance(np.zeros(3), sigma, np.zeros(3), np.eye(3)), 'not finite')
 
 
+def test_a_samplers_fid_is_keyed_by_its_seed_and_what_it_was_fitted_to(trained, tmp_path, monkeypatch):
+    # --seed 5 used to print the seed-0 FID; a gmm fitted to --num_train_images 100 to be found by a full fit.
+    import vae_inference
+    from conftest import run_script
+    monkeypatch.setattr(fid, 'weights_path', lambda *args: None)  # a stand-in for Inception (checked above)
+    monkeypatch.setattr(fid, 'load_weights', lambda path: None)
+    monkeypatch.setattr(fid, 'feature_extractor', lambda weights, progress: lambda pixels: np.tile(
+        pixels.reshape(len(pixels), -1)[:, :16], 128).astype(np.float32))
+    monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, sigma1, mu2, sigma2: float(np.abs(mu1 - mu2).sum()))
+    args = ['--run_directory', trained, '--fid', '--fid_samples', '12', '--num_test', '10', '--fid_cache_directory',
+            tmp_path / 'cache']
+    for flags in ([], ['--seed', '5'], ['--sampler', 'gmm', '--num_train_images', '100'], ['--sampler', 'gmm']):
+        result = run_script('vae_inference.py', *args, *flags)
+        assert result.returncode == 0 and result.stdout.count('holds this FID') == (len(flags) > 0), result.stdout
+    records = [r for r in vae_inference.evaluation_records(trained).values() if r['scored'] != 'reconstructions']
+    assert sorted(r['scored'] for r in records) == ['gmm', 'gmm', 'prior', 'prior']
+    assert len({r['fid'] for r in records if r['scored'] == 'prior'}) == 2  # other draws, another number
+
+
 def test_the_gmm_sampler_draws_from_the_fitted_mixture():
     import vae_inference
     rng = np.random.RandomState(0)
