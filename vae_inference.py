@@ -15,6 +15,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -243,6 +244,11 @@ def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     }
 
 
+# The numbers of an evaluation record (evaluate's, beside its identity: images, decoder, k, z_dim).
+METRICS = ('reconstruction_mse', 'psnr_db', 'kl_nats', 'negative_elbo_nats', 'negative_elbo_bits_per_dim',
+           'negative_iwae_nats', 'negative_iwae_nats_standard_error', 'negative_iwae_bits_per_dim', 'active_units')
+
+
 def print_metrics(metrics):
     rows = [
         ('test images', f'{metrics["test_images"]}'),
@@ -446,26 +452,37 @@ def write_record(path, record):
     print(f'wrote {path}')
 
 
-def kept_record(path, keys):
-    """The record at path when it is whole (a JSON object with those keys); None when there is none, and a
-    damaged one is a warning: it is computed again and replaced."""
+def kept_record(path, identity, numbers):
+    """The record at path when it is whole and is the one asked for: a JSON object whose `identity` keys hold
+    these values (what its name stands for, and what its numbers depend on beyond it, such as the decoder) and
+    whose `numbers` are finite numbers. None when there is none; a damaged, foreign or contradicting one is a
+    warning: it is computed again and replaced."""
     if not os.path.lexists(path):
         return None
     try:
         record = json.loads(process.read_text(path, 'evaluation record'))
-        if isinstance(record, dict) and all(key in record for key in keys):
-            return record
     except (UserError, ValueError):
-        pass
-    print(f'warning: {path} is damaged; computing it again')
-    return None
+        record = None
+    if not isinstance(record, dict):
+        print(f'warning: {path} is damaged; computing it again')
+        return None
+    wrong = [key for key, value in identity.items() if record.get(key) != value] + \
+        [key for key in numbers if isinstance(record.get(key), bool) or not isinstance(record.get(key), (int, float))
+         or not math.isfinite(record[key])]
+    if wrong:
+        print(f'warning: {path} is damaged or not this evaluation ({", ".join(wrong)}); computing it again')
+        return None
+    return record
 
 
 def write_evaluation(sess, outputs, config, epoch, prefix, test_images, k):
     """The IWAE evaluation of model_<epoch> as its own record; an evaluation already kept is printed, not redone."""
     weights = run_folder.checkpoint_digest(prefix)
     path = evaluation_path(config, epoch, weights, test_images, 'iwae', f'k{k}')
-    kept = kept_record(path, ('test_images', 'iwae_k', 'negative_iwae_nats'))
+    identity = {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'test_images': len(test_images),
+                'test_images_sha1': hashlib.sha1(test_images.tobytes()).hexdigest(), 'iwae_k': k,
+                'decoder': decoder_description(config), 'z_dim': config['z_dim']}
+    kept = kept_record(path, identity, METRICS)
     if kept:
         print_metrics(kept)
         print(f'{path} holds this evaluation (the same weights, images and k); delete it to compute it again')
@@ -780,7 +797,10 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
                 sampler: [f'n{samples}', *sampler_settings(config, options, data)]}
     paths = {source: evaluation_path(config, epoch, weights, test_images, 'fid', source, *keys)
              for source, keys in settings.items()}
-    kept = {source: kept_record(path, ('fid',)) for source, path in paths.items()}
+    counts = {'reconstructions': len(test_images), sampler: samples}
+    kept = {source: kept_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'scored': source,
+                                       'count': counts[source], 'test_images': len(test_images)}, ('fid',))
+            for source, path in paths.items()}
     # The latents are drawn before any record is written (a refused sampler writes nothing), unless already scored.
     latents = None if kept[sampler] else sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
     seen = datasets.evaluation_images(config, test_images)  # what the model encodes (binarised for bernoulli)

@@ -197,6 +197,22 @@ def test_every_evaluation_is_kept_and_pictures_are_named_by_their_checkpoint(tra
     assert (trained / 'reconstructions_model_1.png').exists() and (trained / 'generations_model_0.png').exists()
 
 
+def test_a_kept_record_that_is_not_this_evaluation_is_computed_again(trained):
+    # A record is trusted only when its content is the evaluation its name stands for, with finite numbers:
+    # a string for a number, a missing metric, another k or another decoder (a kl_weight put back in config.json).
+    args = ['--run_directory', trained, '--evaluate', '--k', '3', '--num_test', '10']
+    assert run_script('vae_inference.py', *args).returncode == 0
+    [path] = vae_inference.evaluation_records(trained)
+    good = json.load(open(path))
+    for bad in ({**good, 'negative_iwae_nats': 'low'}, {k: v for k, v in good.items() if k != 'kl_nats'},
+                {**good, 'iwae_k': 4}, {**good, 'decoder': 'gaussian, fixed variance sigma^2 = 0.784'}):
+        with open(path, 'w') as f:
+            json.dump(bad, f)
+        result = run_script('vae_inference.py', *args)
+        assert result.returncode == 0 and 'computing it again' in result.stdout, result.stdout + result.stderr
+        assert json.load(open(path)) == good  # the same numbers: the bound's noise is seeded per image
+
+
 def test_progress_of_other_weights_or_a_damaged_file_is_never_used(trained, tmp_path, monkeypatch):
     config, _ = command_line.parse_command_line(['--run_directory', str(trained)], from_run=True)
     sess, outputs, _ = vae_inference.restore(config)
