@@ -188,13 +188,23 @@ def checkpoint_step(prefix):
 
 
 def checkpoint_digest(prefix):
-    """SHA-1 of a checkpoint's files: what identifies the weights an evaluation was made with."""
-    digest = hashlib.sha1()
-    for path in sorted(glob.glob(glob.escape(prefix) + '.*')):
-        if re.fullmatch(r'\.(index|data-\d+-of-\d+)', path[len(prefix):]):
-            with open(path, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 20), b''):
-                    digest.update(block)
+    """SHA-1 of a checkpoint's files: what identifies the weights an evaluation was made with. Files gone since
+    the checkpoint was restored (moved or deleted meanwhile) are a one-line error, never the digest of nothing."""
+    digest, kinds = hashlib.sha1(), set()
+    try:
+        for path in sorted(glob.glob(glob.escape(prefix) + '.*')):
+            kind = re.fullmatch(r'\.(index|data)(-\d+-of-\d+)?', path[len(prefix):])
+            if kind and (kind.group(1) == 'index') == (kind.group(2) is None):
+                with open(path, 'rb') as f:
+                    for block in iter(lambda: f.read(1 << 20), b''):
+                        digest.update(block)
+                kinds.add(kind.group(1))
+    except OSError as error:
+        raise UserError(f'{prefix} cannot be read now ({error.strerror or error}); restore its files, or pass '
+                        '--checkpoint N for another') from None
+    if kinds != {'index', 'data'}:
+        raise UserError(f'{prefix} has lost its .index or .data file since it was restored (moved or deleted '
+                        'meanwhile); restore them, or pass --checkpoint N for another')
     return digest.hexdigest()
 
 

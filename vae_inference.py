@@ -894,7 +894,7 @@ def main(argv):
             return
 
     sess, outputs, epoch = restore(config, None if options['checkpoint'] < 0 else options['checkpoint'])
-    prefix = run_folder.list_checkpoints(run_folder.run_path(config, 'model_directory'))[epoch]
+    prefix = os.path.join(run_folder.run_path(config, 'model_directory'), f'model_{epoch}')  # the one restored
     if options['saved_model']:  # the checkpoint alone, as a SavedModel (saved_model.py)
         sess.close()
         return saved_model.write_saved_model(config, epoch, prefix, options['saved_model'])

@@ -213,6 +213,20 @@ def test_a_kept_record_that_is_not_this_evaluation_is_computed_again(trained):
         assert json.load(open(path)) == good  # the same numbers: the bound's noise is seeded per image
 
 
+def test_a_checkpoint_removed_after_its_restore_is_one_line_and_no_record(trained, monkeypatch):
+    restore = vae_inference.restore
+
+    def then_removed(*args, **kwargs):  # the checkpoint's files deleted while the evaluation starts
+        restored = restore(*args, **kwargs)
+        for path in (trained / 'models').glob('model_1.*'):
+            path.unlink()
+        return restored
+    monkeypatch.setattr(vae_inference, 'restore', then_removed)
+    result = run_script('vae_inference.py', '--run_directory', trained, '--evaluate', '--k', '2', '--num_test', '10')
+    assert_refused(result, 'model_1 has lost its .index or .data file since it was restored')
+    assert not (trained / 'evaluations').exists()
+
+
 def test_progress_of_other_weights_or_a_damaged_file_is_never_used(trained, tmp_path, monkeypatch):
     config, _ = command_line.parse_command_line(['--run_directory', str(trained)], from_run=True)
     sess, outputs, _ = vae_inference.restore(config)
