@@ -202,6 +202,15 @@ def check_config(config, where=None):
                         f' that fit in {TRAINING_MEMORY / 2 ** 30:.0f} GiB; lower --train_samples or --batch_size '
                         '(the evaluation\'s k is vae_inference.py --k)')
     check_cluster_keys(config)
+    for key, (governor, needed) in DEPENDENT_KEYS.items():  # given, a key the run would ignore is refused
+        if where.get(key) == 'flag' and config[governor] != needed:
+            raise UserError(f'--{key} applies only with {governor} {needed}, and this run has {governor} '
+                            f'{config[governor]}; pass --{governor} {needed} too, or leave --{key} out')
+
+
+# Keys that mean something only with another key's value: {key: (that key, its value)}.
+DEPENDENT_KEYS = {'kl_warmup_epochs': ('kl_schedule', 'linear'), 'kl_cycle_epochs': ('kl_schedule', 'cyclical'),
+                  'kl_cycle_ramp': ('kl_schedule', 'cyclical'), 'iwae_start_epoch': ('objective', 'iwae')}
 
 
 def check_cluster_keys(config):

@@ -82,7 +82,10 @@ def check_weights(path, remedy):
     if size != WEIGHTS_BYTES:
         raise UserError(f'{path} has {size} bytes, not the {WEIGHTS_BYTES} of the Inception weights (truncated or '
                         f'another file); {remedy}')
-    digest = sha1(path)
+    try:
+        digest = sha1(path)
+    except OSError as error:
+        raise UserError(f'cannot read {path} ({error.strerror or error}); make it readable, or {remedy}') from None
     if digest != WEIGHTS_SHA1:
         raise UserError(f'{path} has SHA-1 {digest}, not the Inception weights\' {WEIGHTS_SHA1} (damaged or another '
                         f'file); {remedy}')

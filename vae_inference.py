@@ -719,7 +719,8 @@ SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means gmm and two_
 def training_images(config, data, count):
     """The first count training images as the model sees them (binarised once, like the test set)."""
     train = data['train'][:count]
-    if config['dataset'] == 'celebA':  # file names: decode them as the training input does
+    if config['dataset'] == 'celebA':  # file names: checked, then decoded as the training input does
+        datasets.check_celeba_files(list(train))
         train = datasets.celeba_pixels(datasets.decode_celeba_files(list(train), config))
     return datasets.evaluation_images(config, train)
 

@@ -2,6 +2,7 @@
 FID included)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -202,6 +203,18 @@ def test_a_celeba_runs_own_keys_need_no_dataset_flag(tiny_run):
     result = run_script('vae_inference.py', '--run_directory', run, '--num_test_images', '3', '--evaluate', '--k', '2')
     assert result.returncode == 0, result.stderr
     assert evaluation_record(run)['test_images'] == 3
+
+
+def test_a_damaged_training_jpeg_is_refused_by_name_when_a_sampler_is_fitted(tmp_path, tiny_run, celeba_folder):
+    # Inference decodes the training faces for the gmm fit only: they are checked there as training checks them.
+    folder = tmp_path / 'img_align_celeba'
+    shutil.copytree(celeba_folder, folder)
+    write_bad(folder, '000005.jpg', 'truncated', np.random.default_rng(1))
+    run = tiny_run('celebA')
+    result = run_script('vae_inference.py', '--run_directory', run, '--data_directory', folder, '--sampler', 'gmm')
+    assert result.returncode == 1 and result.stderr.startswith(f'error: {folder}/000005.jpg is truncated'), \
+        result.stderr
+    assert not list(run.glob('generations*'))
 
 
 @pytest.mark.slow

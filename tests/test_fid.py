@@ -176,6 +176,13 @@ def test_truncated_and_damaged_weights_are_one_error_each(tmp_path):
 
 # ---------------------------------------------------------------- features against the TorchScript original
 
+def test_weights_that_cannot_be_read_are_one_error(tmp_path, monkeypatch):
+    path = tmp_path / fid.WEIGHTS_FILE
+    path.write_bytes(b'\0' * fid.WEIGHTS_BYTES)  # the right size
+    monkeypatch.setattr(fid, 'sha1', lambda path: (_ for _ in ()).throw(PermissionError(13, 'Permission denied')))
+    one_line_error(lambda: fid.load_weights(str(path)), 'cannot read', 'Permission denied')
+
+
 def test_features_match_the_torchscript_original(tf_features, reference):
     """Observed on an AMD EPYC (TF 2.21, torch 2.13): max abs difference 2.4e-5 (features up to 5.6); float32
     torch itself is 2.2e-5 from float64 torch. Tolerance: 1e-4 absolute plus 1e-3 relative."""

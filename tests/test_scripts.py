@@ -100,6 +100,10 @@ BAD_COMMAND_LINES = [
     (['--free_bits', '-0.5'], 'free_bits must be >= 0 and finite'),
     (['--kl_cycle_ramp', '0'], 'kl_cycle_ramp must be in (0, 1], got 0.0; pass another --kl_cycle_ramp'),
     (['--learning_rate_decay', '1.5'], 'learning_rate_decay must be in (0, 1]'),
+    (['--kl_warmup_epochs', '5'], '--kl_warmup_epochs applies only with kl_schedule linear, and this run has '
+                                  'kl_schedule constant'),  # keys a run would silently ignore
+    (['--kl_schedule', 'linear', '--kl_cycle_ramp', '0.3'], '--kl_cycle_ramp applies only with kl_schedule cyclical'),
+    (['--iwae_start_epoch', '3'], '--iwae_start_epoch applies only with objective iwae'),
 ]
 
 
