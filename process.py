@@ -124,10 +124,18 @@ def write_folder_atomically(destination, build):
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, (OSError, tf.errors.OpError)):
-            message = getattr(error, 'strerror', None) or getattr(error, 'message', None) or str(error)
-            raise UserError(f'cannot write {destination} ({message.strip().splitlines()[0]}); free some space or '
-                            'choose a writable folder; nothing was written') from None
+            raise UserError(f'cannot write {destination} ({error_line(error)}); free some space or choose a writable '
+                            'folder; nothing was written') from None
         raise
+
+
+def error_line(error):
+    """The line of an OSError or TensorFlow error that says what went wrong: a graph's error message opens with
+    'Graph execution error:' and the failing node's Python stack, and ends with the node's name in [[...]]; the
+    line before that is the cause (a full disk's 'No space left on device', say)."""
+    text = getattr(error, 'strerror', None) or getattr(error, 'message', None) or str(error) or type(error).__name__
+    lines = [line.strip() for line in str(text).splitlines() if line.strip() and not line.strip().startswith('[[')]
+    return lines[-1] if lines else type(error).__name__
 
 
 def read_text(path, what):

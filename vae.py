@@ -537,7 +537,7 @@ def save_checkpoint(sess, model, config, name):
     try:  # write_state=False: the newest checkpoint is found by its global step, not a state file
         return model.saver.save(sess, path, write_meta_graph=False, write_state=False)
     except tf.errors.OpError as error:
-        raise UserError(f'cannot write checkpoint {path} ({error.message.strip().splitlines()[0]}); free some space '
+        raise UserError(f'cannot write checkpoint {path} ({process.error_line(error)}); free some space '
                         'or choose a writable --run_directory, then run again: training resumes from the newest '
                         'complete checkpoint') from None
 

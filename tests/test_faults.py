@@ -160,7 +160,10 @@ def test_a_full_disk_leaves_every_earlier_file_as_it_was(trained):
 
 def test_a_checkpoint_that_cannot_be_written_stops_with_one_line(tmp_path, mnist, monkeypatch):
     def full_disk(*args, **kwargs):
-        raise tf.errors.ResourceExhaustedError(None, None, 'model_0.data-00000-of-00001; No space left on device')
+        raise tf.errors.ResourceExhaustedError(None, None, (  # as a graph's error reads: the cause before [[node]]
+            "Graph execution error:\n\nDetected at node 'save/SaveV2' defined at (most recent call last):\n"
+            '    File "vae.py", line 538, in save_checkpoint\nNode: \'save/SaveV2\'\n'
+            'model_0.data-00000-of-00001; No space left on device\n\t [[{{node save/SaveV2}}]]'))
     monkeypatch.setattr(tf.compat.v1.train.Saver, 'save', full_disk)
     with pytest.raises(UserError, match=r'cannot write checkpoint .*model_0 \(model_0.data-00000-of-00001; '
                                         r'No space left on device\); free some space'):
