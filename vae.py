@@ -819,11 +819,18 @@ def main(argv):
         return deploy.serve_parameters(config, cluster)
     if not deploy.is_chief(config, cluster):
         return train(config, datasets.load_dataset(config), cluster)
-    deploy.precision_line(config)  # a precision this machine cannot train is refused before the folder is made
+    try:  # what can be refused before the run folder is made: the precision, the data, the epoch length
+        deploy.precision_line(config)
+        data = datasets.load_dataset(config)
+        config_keys.steps_per_epoch(config, len(data['train']))
+    except BaseException:
+        if options['fresh'] and os.path.isdir(config['run_directory']) and not os.listdir(config['run_directory']):
+            os.rmdir(config['run_directory'])  # the folder --fresh claimed, given back empty
+        raise
     run_folder.make_run_folders(config)
     with run_folder.run_folder_lock(config):  # held from here to the end of training
         check_resolution_holds(argv, config, options)
-        train(config, datasets.load_dataset(config), cluster)
+        train(config, data, cluster)
 
 
 if __name__ == '__main__':

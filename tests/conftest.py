@@ -7,10 +7,13 @@ typed, a plain-TensorFlow child, a live TensorBoard)."""
 import contextlib
 import importlib
 import io
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -103,17 +106,32 @@ def subset(mnist, train, test=100):
 
 def run_script(script, *args):
     """`python SCRIPT ARGS` from the repository root, run in this process: the script's main(argv) under
-    process.exit_on_user_error, in a graph of its own, with stdout and stderr captured and a SystemExit as the return
-    code. Returns a CompletedProcess. An exception that is not the user's (a traceback) is raised in the test."""
+    process.exit_on_user_error, in a graph of its own, with stdout and stderr captured (TensorFlow's logger and
+    Python's warnings too, under a new process's warning filters) and a SystemExit as the return code. What it
+    changes of the process (SIGINT's handler, TensorFlow's op determinism) is put back. Returns a
+    CompletedProcess; an exception that is not the user's (a traceback) is raised in the test."""
     import process
+    from tensorflow.python.framework import config as tf_config
     module = importlib.import_module(os.path.splitext(script)[0])
     argv = [str(arg) for arg in args]
     stdout, stderr = io.StringIO(), io.StringIO()
     saved_argv, saved_cwd, code = sys.argv, os.getcwd(), 0
+    saved_sigint, deterministic = signal.getsignal(signal.SIGINT), tf_config.is_op_determinism_enabled()
+    logger, handler = logging.getLogger('tensorflow'), logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter('%(levelname)s:%(name)s:%(message)s'))
+    saved_propagate = logger.propagate
     sys.argv = [os.path.join(ROOT, script), *argv]  # argparse names the script from it
     os.chdir(ROOT)
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), process.tf.Graph().as_default():
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings(), \
+                process.tf.Graph().as_default():
+            warnings.resetwarnings()  # a new process's filters: DeprecationWarning and the like shown in __main__ only
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter('ignore', category)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
             try:
                 process.exit_on_user_error(lambda: module.main(argv))
             except SystemExit as exit:
@@ -123,6 +141,11 @@ def run_script(script, *args):
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
+        signal.signal(signal.SIGINT, saved_sigint)
+        if not deterministic:
+            tf_config.disable_op_determinism()
+        logger.removeHandler(handler)
+        logger.propagate = saved_propagate
     return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -278,7 +278,7 @@ def test_ctrl_c_just_after_a_record_is_written_says_it_is_kept(trained, monkeypa
         raise KeyboardInterrupt
     monkeypatch.setattr(vae_inference, 'write_record', then_ctrl_c)
     result = run_script('vae_inference.py', '--run_directory', trained, '--evaluate', '--k', '2', '--num_test', '10')
-    assert result.returncode == 130 and 'nothing was saved' not in result.stderr, result.stderr
+    assert result.returncode == 130, result.stderr
     assert 'every file written before it is kept whole' in result.stderr
     assert len(vae_inference.evaluation_records(trained)) == 1
 
@@ -382,7 +382,7 @@ def test_ctrl_c_at_the_iwae_switch_saves_the_step_it_reached(tmp_path):
             break
     output, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGINT, stderr
-    assert 'nothing was saved' not in stderr and 'Traceback' not in stderr
+    assert 'interrupted;' not in stderr and 'Traceback' not in stderr  # training saved it: not the generic line
     assert 'SIGINT: saved' in output and run_folder.list_checkpoints(run / 'models', 'interrupted')
     assert sorted(run_folder.list_checkpoints(run / 'models')) == [0]
 

@@ -173,12 +173,18 @@ def test_an_unwritable_run_folder_fails_clearly(tmp_path):
     assert blocker.read_text() == 'not a folder'
 
 
-def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path, mnist):
+def test_a_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path, trained):
     config, _ = command_line.parse_command_line(['--data_directory', MNIST_DIR, '--batch_size', '60001',
                                                  '--run_directory', str(tmp_path / 'run')])
     with pytest.raises(process.UserError, match='60000 training images make no step of 60001 images'):
         vae.train(config, datasets.load_dataset(config))
     assert not os.path.exists(tmp_path / 'run')
+    # Through the script, with --fresh too: no folder is made, and the one --fresh claimed is given back.
+    for folder in ([tmp_path / 'run'], [trained, '--fresh']):
+        result = run_script('vae.py', '--data_directory', MNIST_DIR, '--batch_size', '60001', '--run_directory',
+                            *folder)
+        assert result.returncode == 1 and 'make no step of 60001 images' in result.stderr, result.stderr
+    assert not os.path.exists(tmp_path / 'run') and not os.path.exists(f'{trained}-2')
 
 
 def test_a_missing_data_folder_offline_names_the_folder_to_fill(tmp_path):
