@@ -138,9 +138,11 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     preset = presets.default if named is None else named
     if preset not in presets.configs:
         raise UserError(f'unknown dataset {preset!r}; choose one of {", ".join(presets.configs)} (config.py)')
+    inspected = early.run_directory or presets.configs[preset]['run_directory']
     if named is None and from_run and '--fresh' not in argv:  # a run knows its preset: its keys are options here
-        preset = run_preset(early.run_directory, presets, preset) or preset
+        preset = run_preset(inspected, presets, preset) or preset
     config = check_value_types(copy.deepcopy(presets.configs[preset]), 'config.py')
+    config['run_directory'] = inspected  # the folder whose preset this is (another preset names another default)
     parser = command_line_parser(config, flags, description, presets)
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -180,9 +182,9 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
 
 
 def run_preset(run_directory, presets, default):
-    """The preset a run folder with checkpoints was trained from (its config.json's), None when it names none
-    known; run_directory None is the default preset's folder."""
-    folder = {**presets.configs[default], **({'run_directory': run_directory} if run_directory else {})}
+    """The preset the run folder with checkpoints was trained from (its config.json's), None when it names none
+    known."""
+    folder = {**presets.configs[default], 'run_directory': run_directory}
     if not has_checkpoints(folder['run_directory'], folder):
         return None
     saved = read_run_config(folder) or {}
