@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,7 +49,7 @@ def _read_idx_bytes(folder, name):
             try:
                 with opener(path, 'rb') as f:
                     return f.read()
-            except (OSError, EOFError) as error:
+            except (OSError, EOFError, zlib.error) as error:  # zlib.error: a gzip stream damaged inside
                 raise UserError(f'cannot read {path} ({error}); delete it so it is downloaded again, '
                                 f'or replace it with the canonical MNIST file')
     return None

@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 
-from config_keys import KEY_TYPES, RUN_IDENTITY_KEYS, flag_value, images_per_update
+from config_keys import KEY_TYPES, RECORD_KEYS, RUN_IDENTITY_KEYS, flag_value, images_per_update
 from process import UserError, read_text, tf, tf1, write_atomically
 
 
@@ -131,8 +131,11 @@ def run_config_record(config, steps_per_epoch):
 
 
 def write_run_config(config, steps_per_epoch):
-    """The run's config.json, replaced whole (run_config_record)."""
+    """The run's config.json, replaced whole (run_config_record); keys a person added by hand (neither config keys
+    nor record keys: a note, say) are kept, after the record."""
     record = run_config_record(config, steps_per_epoch)
+    record.update({key: value for key, value in (read_run_config(config) or {}).items()
+                   if key not in record and key not in KEY_TYPES and key not in RECORD_KEYS})
     path = os.path.join(config['run_directory'], 'config.json')
     write_atomically(path, lambda f: json.dump(record, f, indent=2), 'w')
 

@@ -51,6 +51,16 @@ def test_load_mnist_rejects_a_truncated_file(tmp_path):
         datasets.load_mnist(str(tmp_path), mirrors=())
 
 
+def test_load_mnist_rejects_a_gzip_stream_damaged_inside(tmp_path):
+    copy_mnist(tmp_path)
+    path = tmp_path / 't10k-images-idx3-ubyte.gz'
+    data = bytearray(path.read_bytes())
+    data[5000:5100] = bytes(100)  # zeros inside the deflate stream: zlib's error, not a short file
+    path.write_bytes(bytes(data))
+    with pytest.raises(process.UserError, match='cannot read .*t10k-images-idx3-ubyte.gz'):
+        datasets.load_mnist(str(tmp_path), mirrors=())
+
+
 def test_missing_files_are_downloaded_and_verified(tmp_path):
     mirror = pathlib.Path(MNIST_DIR).resolve().as_uri() + '/'
     folder = tmp_path / 'mnist'

@@ -160,6 +160,15 @@ def test_a_model_key_missing_from_config_json_is_refused_by_name(trained):
     assert result.returncode == 0, result.stderr  # stated on the command line, it is the user's word
 
 
+def test_keys_added_to_config_json_by_hand_are_kept_by_a_resume(trained):
+    saved = json.load(open(trained / 'config.json'))
+    (trained / 'config.json').write_text(json.dumps({**saved, 'note': 'the learning-rate sweep, run A'}))
+    result = run_script('vae.py', '--run_directory', trained, '--num_epoch', '3', '--learning_rate', '0.001')
+    assert result.returncode == 0, result.stderr
+    resumed = json.load(open(trained / 'config.json'))
+    assert resumed['note'] == 'the learning-rate sweep, run A' and resumed['learning_rate'] == 0.001
+
+
 def test_a_non_finite_test_elbo_stops_like_a_non_finite_loss(tmp_path, mnist):
     # kl_weight 1e-40 is refused on the command line; here it gets past to reach the check of the saves: the
     # Gaussian decoder's variance kl_weight * D / 2 makes the test log-likelihood overflow float32.
