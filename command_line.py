@@ -115,7 +115,8 @@ def command_line_parser(config, flags, description, presets):
 def parse_command_line(argv, flags=(), description=None, from_run=False, training=False):
     """The configuration of this command, resolved once, before anything is loaded or written, in this order:
 
-    1. the preset: config.py's dict named by --dataset NAME (default: config.py's `dataset`);
+    1. the preset: config.py's dict named by --dataset NAME (default, from_run: the preset a run folder with
+       checkpoints records in its config.json, else config.py's `dataset`);
     2. from_run, when run_directory holds checkpoints (and not --fresh): the run's config.json, which decides
        every key but PROCESS_KEYS, starting from the preset it records;
     3. the flags --KEY VALUE (--KEY=VALUE): on a run, one that contradicts RUN_IDENTITY_KEYS (and, training,
