@@ -146,9 +146,12 @@ def resizecrop_height(width):
     return round(CELEBA_HEIGHT * width / CELEBA_WIDTH)
 
 
-def celeba_split(config, split):
-    """Sorted paths of the split's JPEGs: by list_eval_partition.txt when the folder (or partition_file) has
-    one, else by the official file-number ranges. Missing files are an error naming the first one."""
+def celeba_splits(config):
+    """{'train', 'validation', 'test'}: sorted paths of each split's JPEGs, by list_eval_partition.txt when the
+    folder (or partition_file) has one, else by the official file-number ranges. A folder may hold a subset of
+    img_align_celeba: each split is then the part of it that is here, with a warning naming what is missing; a
+    split with none of its files is an error, and JPEGs the partition file does not list are left out, with a
+    warning."""
     folder = config['data_directory']
     if not os.path.isdir(folder):
         raise UserError(f'CelebA folder {folder} {"is a file" if os.path.exists(folder) else "does not exist"}; '
@@ -157,6 +160,9 @@ def celeba_split(config, split):
     if not present:
         raise UserError(f'no JPEGs in {folder}; {CELEBA_HELP}')
     partition = config['partition_file'] or os.path.join(folder, 'list_eval_partition.txt')
+    if config['partition_file'] and not os.path.lexists(partition):
+        raise UserError(f'--partition_file {partition} does not exist; give the list_eval_partition.txt you have, '
+                        "or '' to split by the official file-number ranges")
     if os.path.lexists(partition):
         rows = [line.split() for line in process.read_text(partition, 'CelebA partition file').splitlines()
                 if line.strip()]
@@ -168,18 +174,31 @@ def celeba_split(config, split):
                 raise UserError(f'{partition} lists {name} twice (splits {seen[name]} and {code}); list each image '
                                 'once, in one split')
             seen[name] = code
-        wanted = sorted(name for name, code in rows if code == PARTITION_CODES[split])
-        source = partition
+        wanted = {split: sorted(name for name, code in rows if code == PARTITION_CODES[split])
+                  for split in PARTITION_CODES}
+        sources = dict.fromkeys(PARTITION_CODES, partition)
+        unlisted = sorted(present - set(seen))
+        if unlisted:
+            print(f'warning: {len(unlisted)} JPEGs in {folder} are in no split of {partition} (first: '
+                  f'{unlisted[0]}); they are not used')
     else:
-        first, last = CELEBA_SPLITS[split]
-        wanted = [f'{number:06d}.jpg' for number in range(first, last + 1)]
-        source = f'the official {split} range {first:06d}.jpg-{last:06d}.jpg'
-    missing = [name for name in wanted if name not in present]
-    if missing or not wanted:
-        raise UserError(f'{folder} has {len(wanted) - len(missing)} of the {len(wanted)} {split} JPEGs of {source} '
-                        f'(first missing: {missing[0] if missing else "none listed"}); {CELEBA_HELP}, or give a '
-                        'list_eval_partition.txt that lists the files you have')
-    return [os.path.join(folder, name) for name in wanted]
+        wanted = {split: [f'{number:06d}.jpg' for number in range(first, last + 1)]
+                  for split, (first, last) in CELEBA_SPLITS.items()}
+        sources = {split: f'the official {split} range {first:06d}.jpg-{last:06d}.jpg'
+                   for split, (first, last) in CELEBA_SPLITS.items()}
+    splits = {}
+    for split, names in wanted.items():
+        here = [name for name in names if name in present]
+        missing = [name for name in names if name not in present]
+        if not here:
+            raise UserError(f'{folder} has none of the {len(names)} {split} JPEGs of {sources[split]} (first '
+                            f'missing: {missing[0] if missing else "none listed"}); {CELEBA_HELP}, or give a '
+                            'list_eval_partition.txt that lists the files you have')
+        if missing:
+            print(f'warning: {folder} has {len(here)} of the {len(names)} {split} JPEGs of {sources[split]} (first '
+                  f'missing: {missing[0]}); using those {len(here)}')
+        splits[split] = [os.path.join(folder, name) for name in here]
+    return splits
 
 
 def check_celeba_file(path):
@@ -254,7 +273,7 @@ def load_dataset(config, training=True):
         data = {'train': mnist['train_images'], 'test_images': mnist['test_images'],
                 'grid_images': mnist['test_images'][:25], 'test_labels': mnist['test_labels']}
     else:
-        splits = {split: celeba_split(config, split) for split in ('train', 'validation', 'test')}
+        splits = celeba_splits(config)
         splits['train'] = splits['train'][:config['num_train_images'] or None]  # before checking and caching
         limit = config['num_test_images'] or None
         check_celeba_files((splits['train'] if training else []) + splits['validation'][:25] + splits['test'][:limit])

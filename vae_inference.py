@@ -734,9 +734,12 @@ def training_posterior_means(sess, outputs, config, data):
 def sampler_settings(config, options, data):
     """What --sampler's samples depend on besides the checkpoint, as parts of a file name (keying its FID record
     and two_stage's kept fit): the seed of its draws; for gmm and two_stage, a digest of what they are fitted to
-    (how many training images, --num_train_images can lower it) and how; for two_stage, its epochs too."""
+    (how many training images, --num_train_images can lower it; for CelebA, which files) and how; for two_stage,
+    its epochs too."""
     seed = f'seed{config["seed"]}'
     fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
+    if config['dataset'] == 'celebA':  # a folder may hold other faces on a later call: the fit is to these files
+        fitted = (fitted, [os.path.basename(str(path)) for path in data['train'][:fitted]])
     if options['sampler'] == 'prior':
         return [seed]
     if options['sampler'] == 'gmm':

@@ -23,35 +23,59 @@ def celeba(celeba_folder):
 
 
 def test_split_by_partition_file(celeba):
-    config = celeba_config(celeba)
-    splits = {split: datasets.celeba_split(config, split) for split in ('train', 'validation', 'test')}
+    splits = datasets.celeba_splits(celeba_config(celeba))
     assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [30, 5, 5]
     assert os.path.basename(splits['validation'][0]) == '000031.jpg'
     assert os.path.basename(splits['test'][-1]) == '000040.jpg'
 
 
-def test_split_by_file_number(tmp_path, monkeypatch):
+def test_split_by_file_number(tmp_path, monkeypatch, capsys):
     make_celeba(tmp_path, count=12, partition=None)
     monkeypatch.setattr(datasets, 'CELEBA_SPLITS', {'train': (1, 8), 'validation': (9, 10), 'test': (11, 12)})
     config = celeba_config(tmp_path)
-    assert [os.path.basename(p) for p in datasets.celeba_split(config, 'validation')] == ['000009.jpg', '000010.jpg']
-    assert len(datasets.celeba_split(config, 'train')) == 8
+    splits = datasets.celeba_splits(config)
+    assert [os.path.basename(p) for p in splits['validation']] == ['000009.jpg', '000010.jpg']
+    assert len(splits['train']) == 8 and 'warning' not in capsys.readouterr().out
     os.remove(tmp_path / '000004.jpg')
-    with pytest.raises(process.UserError, match='has 7 of the 8 train JPEGs .*first missing: 000004.jpg'):
-        datasets.celeba_split(config, 'train')
+    assert '000004.jpg' not in str(datasets.celeba_splits(config)['train'])
+    assert 'has 7 of the 8 train JPEGs of the official train range 000001.jpg-000008.jpg (first missing: ' \
+           '000004.jpg); using those 7' in capsys.readouterr().out
+    os.remove(tmp_path / '000009.jpg'), os.remove(tmp_path / '000010.jpg')
+    with pytest.raises(process.UserError, match='has none of the 2 validation JPEGs .*first missing: 000009.jpg'):
+        datasets.celeba_splits(config)
 
 
-def test_the_real_split_ranges_need_the_real_folder(celeba):
-    config = celeba_config(celeba, '--partition_file', str(celeba / 'nonexistent.txt'))
-    with pytest.raises(process.UserError, match=r'has 40 of the 162770 train JPEGs of the official train range '
-                                                r'000001.jpg-162770.jpg \(first missing: 000041.jpg\); download'):
-        datasets.celeba_split(config, 'train')
+def test_a_subset_of_img_align_celeba_is_split_by_the_official_ranges(tmp_path, capsys):
+    make_celeba(tmp_path, count=40, partition=None)  # all 40 in the official train range: no validation image
+    with pytest.raises(process.UserError, match=r'has none of the 19867 validation JPEGs of the official validation '
+                                                r'range 162771.jpg-182637.jpg \(first missing: 162771.jpg\); download'):
+        datasets.celeba_splits(celeba_config(tmp_path))
+    assert 'has 40 of the 162770 train JPEGs of the official train range 000001.jpg-162770.jpg (first missing: ' \
+           '000041.jpg); using those 40' in capsys.readouterr().out
+
+
+def test_a_partition_file_and_a_folder_that_differ(tmp_path, capsys):
+    """Files the partition lists but the folder lacks: a warning, and the files present; files the folder holds
+    but the partition does not list: a warning, and not used; a --partition_file that does not exist: refused."""
+    make_celeba(tmp_path, count=40)
+    with open(tmp_path / 'list_eval_partition.txt', 'a') as f:
+        f.write('162771.jpg 1\n')  # listed (validation), not here
+    os.rename(tmp_path / '000001.jpg', tmp_path / '202600.jpg')  # here, in no split; 000001.jpg listed, not here
+    splits = datasets.celeba_splits(celeba_config(tmp_path))
+    assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [29, 5, 5]
+    out = capsys.readouterr().out
+    assert f'warning: 1 JPEGs in {tmp_path} are in no split of {tmp_path}/list_eval_partition.txt (first: ' \
+           '202600.jpg); they are not used' in out
+    assert 'has 29 of the 30 train JPEGs' in out and 'has 5 of the 6 validation JPEGs' in out
+    assert 'first missing: 162771.jpg); using those 5' in out and 'test JPEGs' not in out
+    with pytest.raises(process.UserError, match='--partition_file .*nonexistent.txt does not exist'):
+        datasets.celeba_splits(celeba_config(tmp_path, '--partition_file', str(tmp_path / 'nonexistent.txt')))
 
 
 @pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
 def test_crops_match_pil_within_two_grey_levels(celeba, crop):
     config = celeba_config(celeba, '--celebA_crop', crop)
-    paths = datasets.celeba_split(config, 'train')[:10]
+    paths = datasets.celeba_splits(config)['train'][:10]
     crops = datasets.decode_celeba_files(paths, config)
     reference = np.stack([datasets.crop_celeba_pil(path, config) for path in paths])
     assert crops.shape == reference.shape == (10, 64, 64, 3)
@@ -83,7 +107,7 @@ def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path,
     files = sorted(os.listdir(cache))
     assert len(files) == 1 and files[0].startswith('train_closecrop_64x64_')
     assert data['train'].dtype == np.uint8 and data['train'].shape == (30, 64, 64, 3)
-    expected = datasets.decode_celeba_files(datasets.celeba_split(config, 'train'), config)
+    expected = datasets.decode_celeba_files(datasets.celeba_splits(config)['train'], config)
     assert np.array_equal(data['train'], expected)
     decoded = []
     decode = datasets.decode_celeba_files
@@ -171,7 +195,7 @@ def test_celeba_trains_and_infers_end_to_end(tmp_path, celeba, tiny_run, pristin
     with Image.open(run / 'op-real' / 'epoch_0000.png') as grid:
         real = np.asarray(grid)[16:]
     config = celeba_config(celeba)
-    first = datasets.crop_celeba_pil(datasets.celeba_split(config, 'validation')[0], config)
+    first = datasets.crop_celeba_pil(datasets.celeba_splits(config)['validation'][0], config)
     upscaled = np.asarray(Image.fromarray(first).resize((128, 128), Image.NEAREST))
     assert np.abs(real[:128, :128].astype(float) - upscaled).mean() < 2  # [-1, 1] mapped back to [0, 255]
     result = run_script('vae_inference.py', *args, '--evaluate', '--k', '5')
@@ -215,6 +239,24 @@ def test_a_damaged_training_jpeg_is_refused_by_name_when_a_sampler_is_fitted(tmp
     assert result.returncode == 1 and result.stderr.startswith(f'error: {folder}/000005.jpg is truncated'), \
         result.stderr
     assert not list(run.glob('generations*'))
+
+
+def test_a_celeba_second_stage_is_kept_per_training_files(tmp_path, tiny_run, celeba_folder):
+    # The folder may hold other faces on a later call (a subset of img_align_celeba): a fit to other files, even as
+    # many, is fitted again and kept beside the first, never read back in its place.
+    folder = tmp_path / 'img_align_celeba'
+    shutil.copytree(celeba_folder, folder)
+    run = tiny_run('celebA')
+    args = ['--run_directory', run, '--data_directory', folder, '--sampler', 'two_stage', '--two_stage_epochs', '1']
+    for _ in range(2):
+        assert run_script('vae_inference.py', *args).returncode == 0
+    [kept] = os.listdir(run / 'two_stage')
+    os.rename(folder / '000005.jpg', folder / '000041.jpg')  # 30 training faces still, one of them another file
+    partition = (folder / 'list_eval_partition.txt').read_text().replace('000005.jpg 0\n', '') + '000041.jpg 0\n'
+    (folder / 'list_eval_partition.txt').write_text(partition)
+    result = run_script('vae_inference.py', *args)
+    assert result.returncode == 0 and 'fitted the second stage' in result.stdout, result.stderr
+    assert len(os.listdir(run / 'two_stage')) == 2 and kept in os.listdir(run / 'two_stage')
 
 
 @pytest.mark.slow
