@@ -14,6 +14,8 @@ tf, tf1 = process.tf, process.tf1
 
 # What each signature takes and gives ({signature: (inputs, outputs)}, each {key: meaning}); shapes and ranges
 # are those of the run's data: MNIST images are [N, 28, 28, 1] in [0, 1], CelebA's [N, 64, 64, 3] in [-1, 1].
+# Another image shape or z width is refused by TensorFlow (TypeError), k < 1 or count < 0 by the signature
+# (InvalidArgumentError).
 SIGNATURES = {
     'encode': ({'images': 'float32 [N, H, W, C], the data\'s pixel range'},
                {'z_mean': 'float32 [N, z_dim], the posterior mean', 'z_std': 'float32 [N, z_dim], its stddev'}),
@@ -38,7 +40,10 @@ def signature_tensors(config):
     outputs = vae.build_inference_graph(config)
     count = tf1.placeholder(tf.int32, [], name='sample_count')
     seed = tf1.placeholder(tf.int64, [2], name='sample_seed')
-    z = tf.random.stateless_normal(tf.stack([count, config['z_dim']]), seed)
+    # The signatures bind inputs to the placeholders' shapes (another image shape or z width is a TypeError), but
+    # not the scalars' values: count < 0 and k < 1 (a NaN bound) fail with the rule, before anything is computed.
+    with tf.control_dependencies([tf.debugging.assert_non_negative(count, message='count must be at least 0')]):
+        z = tf.random.stateless_normal(tf.stack([tf.identity(count), config['z_dim']]), seed)
     sampled = vae.decoded_image(vae.decoder(z, config, training=False), config)
     # The bound as vae_inference.importance_weighted_bound computes it: log-mean-exp over k in float64.
     log_weights = tf.cast(outputs.log_weights, tf.float64)
@@ -51,9 +56,13 @@ def signature_tensors(config):
             {'images': outputs.images, 'k': outputs.k, 'seed': outputs.noise_seed},
             {'log_px_bound_nats': vae.log_mean_exp(log_weights, 0), 'elbo_nats': tf.reduce_mean(log_weights, 0)}),
     }
-    # Each output named <signature>_<key> in the graph (saved_model_cli shows these names), the same values.
-    return {name: (inputs, {key: tf.identity(tensor, name=f'{name}_{key}') for key, tensor in outputs.items()})
-            for name, (inputs, outputs) in tensors.items()}
+    k_check = tf.debugging.assert_positive(outputs.k, message='k must be at least 1')
+
+    def checked(name, inputs, outputs):
+        # Each output named <signature>_<key> in the graph (saved_model_cli shows these names), the same values.
+        with tf.control_dependencies([k_check] if 'k' in inputs else []):
+            return {key: tf.identity(tensor, name=f'{name}_{key}') for key, tensor in outputs.items()}
+    return {name: (inputs, checked(name, inputs, outputs)) for name, (inputs, outputs) in tensors.items()}
 
 
 def description(config, epoch):
@@ -61,7 +70,8 @@ def description(config, epoch):
     (height, width, channels), (low, high) = config_keys.image_shape(config), config_keys.pixel_range(config)
     lines = [f'model_{epoch} of a {config.get("preset") or config["dataset"]} run (z_dim {config["z_dim"]}, likelihood '
              f'{config["likelihood"]}); H, W, C = {height}, {width}, {channels}; pixels in [{low:g}, {high:g}]; the '
-             "run's config.json is beside this file"]
+             "run's config.json is beside this file; another image shape or z width is refused (TypeError), and so "
+             'are k < 1 and count < 0 (InvalidArgumentError)']
     for name, (inputs, outputs) in SIGNATURES.items():
         lines += [f'{name}:'] + [f'  in  {key}: {meaning}' for key, meaning in inputs.items()] + \
             [f'  out {key}: {meaning}' for key, meaning in outputs.items()]

@@ -70,6 +70,16 @@ np.savez(outputs, z_mean=encoded['z_mean'], z_std=encoded['z_std'],
          again_z=signatures['sample'](count=tf.constant(7), seed=seed(3, 4))['z'],
          other_z=signatures['sample'](count=tf.constant(7), seed=seed(3, 5))['z'],
          bound=bound['log_px_bound_nats'], elbo=bound['elbo_nats'])
+refused = {}  # what each bad call raised: [type, message]
+for case, call in {'k 0': lambda: signatures['importance_weighted_bound'](images=x['images'], k=tf.constant(0),
+                                                                          seed=seed(0, 0)),
+                   'count -1': lambda: signatures['sample'](count=tf.constant(-1), seed=seed(0, 0)),
+                   'images 32x32': lambda: signatures['encode'](images=np.zeros((2, 32, 32, 1), np.float32))}.items():
+    try:
+        refused[case] = ['returned', str({key: value.numpy().tolist() for key, value in call().items()})]
+    except (tf.errors.InvalidArgumentError, TypeError) as error:
+        refused[case] = [type(error).__name__, str(error)]
+print(json.dumps(refused))
 print(json.dumps(found))
 print('repository modules loaded:', sorted({'vae', 'process', 'config_keys', 'run_folder', 'command_line',
                                             'pictures', 'saved_model'} & set(sys.modules)))
@@ -127,6 +137,11 @@ def test_the_saved_model_gives_vae_inferences_numbers_in_plain_tensorflow(traine
     lines = child.stdout.strip().splitlines()
     assert json.loads(lines[-2]) == expected_signatures(config['z_dim'], [28, 28, 1])
     assert lines[-1] == 'repository modules loaded: []'
+    # Values the placeholders' shapes cannot hold out are refused by the signature with the rule, never a NaN.
+    refused = json.loads(lines[-3])
+    assert refused['k 0'][0] == 'InvalidArgumentError' and 'k must be at least 1' in refused['k 0'][1], refused
+    assert refused['count -1'][0] == 'InvalidArgumentError' and 'count must be at least 0' in refused['count -1'][1]
+    assert refused['images 32x32'][0] == 'TypeError', refused
 
     found = dict(np.load(tmp_path / 'outputs.npz'))
     # One run of all k samples of the 10 images: vae_inference seeds it [0, 0] (its first image and sample).
