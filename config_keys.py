@@ -7,6 +7,7 @@ the rest is derived from a config: the pixel range, the image and encoder shapes
 memory, the images an update and the steps an epoch. Nothing here reads or writes a file.
 """
 import math
+import os
 
 import numpy as np
 
@@ -162,6 +163,9 @@ def check_config(config, where=None):
                     raise bad(key, 'a float32 number (1e-38 to 3e38: the graph computes in float32)')
     if not config['run_directory'].strip():
         raise UserError('run_directory is empty; pass --run_directory FOLDER (it is created if missing)')
+    if not os.path.basename(os.path.abspath(config['run_directory'])):  # '/': the run's files among the system's
+        raise UserError(f'run_directory {config["run_directory"]} is the file system\'s root; pass --run_directory '
+                        'FOLDER (it is created if missing)')
     for key in ('run_directory', 'model_directory'):
         if is_pattern(config[key]):
             raise bad(key, LITERAL_PATH, repr(config[key]))

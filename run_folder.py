@@ -32,8 +32,11 @@ def new_run_directory(run_directory):
     """The first of `run_directory-2`, `-3`, ... that does not exist, claimed by creating it: a path that exists (a
     run, a folder another --fresh created a moment before, a file) is passed over, so two commands started together
     never train in the same new folder."""
+    base = os.path.normpath(run_directory)  # 'runs/a/' and 'runs/a/.' are runs/a: runs/a-2 beside it
+    if os.path.basename(base) in ('.', '..'):  # '.', '..', 'a/..': a folder named by the path it stands for
+        base = os.path.abspath(base)
     for number in itertools.count(2):
-        candidate = f'{run_directory.rstrip(os.sep)}-{number}'
+        candidate = f'{base}-{number}'
         try:
             os.mkdir(candidate)
         except FileExistsError:

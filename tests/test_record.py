@@ -474,6 +474,18 @@ def test_damaged_records_logs_and_older_config_json_on_a_trained_run(trained, tm
         json.load(open(trained / 'config.json'))['changes']
 
 
+def test_fresh_starts_beside_the_folder_a_path_names_and_the_root_is_no_run_folder(trained):
+    # 'runs/a/.' and 'runs/a/' are runs/a: its new folder is runs/a-2, never runs/a/.-2 (a folder inside the run);
+    # '/' holds the system's files: refused, as an empty run_directory is.
+    result = run_script('vae.py', *BASE, '--run_directory', f'{trained}/.', '--fresh', '--num_epoch', '1')
+    assert result.returncode == 0 and f'training in {trained}-2' in result.stdout, result.stderr
+    assert not os.path.exists(f'{trained}/.-2') and os.path.isfile(f'{trained}-2/config.json')
+    for script in ('vae.py', 'vae_inference.py'):
+        assert_refused(run_script(script, *BASE, '--run_directory', '/'),
+                       "error: run_directory / is the file system's root; pass --run_directory FOLDER")
+    assert not os.path.exists('/config.json')
+
+
 def test_fresh_skips_a_folder_that_holds_another_runs_config(trained):
     other = f'{trained}-2'
     os.makedirs(other)
