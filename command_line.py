@@ -12,7 +12,8 @@ import json
 import os
 
 from config_keys import (CELEBA_ONLY_KEYS, EPOCH_KEYS, KEY_TYPES, LOCATION_KEYS, PROCESS_KEYS, RECORD_KEYS,
-                         RUN_IDENTITY_KEYS, TYPE_NAMES, check_config, check_value_types, checked_value, flag_value)
+                         RUN_IDENTITY_KEYS, RUN_SUBFOLDER_KEYS, TYPE_NAMES, check_config, check_value_types,
+                         checked_value, flag_value)
 from process import UserError
 from run_folder import has_checkpoints, new_run_directory, newest_step, read_run_config
 
@@ -234,13 +235,13 @@ def config_from_run(config, where, record, presets, named, training):
         if key in RECORD_KEYS or key in PROCESS_KEYS or key not in KEY_TYPES:
             continue
         value = checked_value(key, value, path)
-        if key not in given or key in LOCATION_KEYS:
+        if key not in given or (key in LOCATION_KEYS and key not in RUN_SUBFOLDER_KEYS):
             if key not in given:
                 config[key], where[key] = value, path
             continue
         if config[key] == value:
             continue
-        if key in RUN_IDENTITY_KEYS or (training and key in EPOCH_KEYS):
+        if key in RUN_IDENTITY_KEYS or key in RUN_SUBFOLDER_KEYS or (training and key in EPOCH_KEYS):
             raise UserError(f'{config["run_directory"]} was trained with {key}={flag_value(value)} but --{key} says '
                             f'{flag_value(config[key])}; leave --{key} out to use the run\'s value, or pass --fresh '
                             '(training) for a new run folder')

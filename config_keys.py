@@ -70,10 +70,11 @@ EPOCH_KEYS = ('batch_size', 'num_train_images')
 # This process's place in the world: from config.py, the flags and TF_CONFIG, never from the run's config.json.
 PROCESS_KEYS = ('num_threads', 'num_clones', 'clone_on_cpu', 'worker_replicas', 'num_ps_tasks', 'job_name', 'task',
                 'ps_hosts', 'worker_hosts', 'sync_replicas', 'run_directory')
+# The run folder's own subfolders, named relative to run_directory.
+RUN_SUBFOLDER_KEYS = ('model_directory', 'log_directory', 'real_directory', 'recons_directory', 'gen_directory')
 # Where things are (the data, the caches, the test subset): a flag moves them for this command, unrecorded.
 LOCATION_KEYS = ('data_directory', 'partition_file', 'celebA_cache', 'celebA_cache_directory', 'num_test_images',
-                 'fid_cache_directory',
-                 'model_directory', 'log_directory', 'real_directory', 'recons_directory', 'gen_directory')
+                 'fid_cache_directory', *RUN_SUBFOLDER_KEYS)
 # Everything else is how the run trains (learning rate, schedules, objective, seed, ...): a flag that changes one
 # on resume is applied from the resumed epoch on, printed, and recorded in config.json's 'changes'.
 # config.json also records, beside the config keys: the preset it started from, the steps an epoch, the changes.
@@ -169,6 +170,10 @@ def check_config(config, where=None):
     for key in ('run_directory', 'model_directory'):
         if is_pattern(config[key]):
             raise bad(key, LITERAL_PATH, repr(config[key]))
+    for key in RUN_SUBFOLDER_KEYS:  # the lock, --export and --fresh act on the run folder: its files stay in it
+        parts = os.path.normpath(config[key]).split(os.sep)
+        if os.path.isabs(config[key]) or '..' in parts or parts == ['.'] or not config[key].strip():
+            raise bad(key, 'a folder inside the run folder (a relative path without ..)', repr(config[key]))
     if config['likelihood'] == 'gaussian' and config['kl_weight'] == 0:
         raise UserError('kl_weight 0 with likelihood gaussian makes the decoder variance kl_weight * D / 2 zero (no '
                         'ELBO to train or score); pass a positive --kl_weight, or --likelihood gaussian_learned')

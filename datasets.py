@@ -249,14 +249,22 @@ def crop_celeba_pil(path, config):
         return np.asarray(resized)[top:top + height]
 
 
-def celeba_cache_path(config, split, paths):
-    """The cache file of a split: named by the crop, the size and a hash of the file list and sizes, so a
-    changed crop style or file list never reads a stale cache."""
+def files_digest(paths):
+    """SHA-1 of the files' names and bytes, in order: what a kept thing made from them (the cache, a sampler's
+    fit) is keyed by, so another file under the same name, even of the same size, is never read back stale."""
     digest = hashlib.sha1()
     for path in paths:
-        digest.update(f'{os.path.basename(path)} {os.path.getsize(path)}\n'.encode())
+        digest.update(f'{os.path.basename(str(path))}\n'.encode())
+        with open(path, 'rb') as f:
+            digest.update(hashlib.sha1(f.read()).digest())
+    return digest.hexdigest()
+
+
+def celeba_cache_path(config, split, paths):
+    """The cache file of a split: named by the crop, the size and files_digest of its files, so a changed crop
+    style, file list or file never reads a stale cache."""
     name = (f'{split}_{config["celebA_crop"]}_{config["image_width"]}x{config["image_height"]}_'
-            f'{digest.hexdigest()[:16]}.npy')
+            f'{files_digest(paths)[:16]}.npy')
     return os.path.join(config['celebA_cache_directory'], name)
 
 

@@ -6,6 +6,7 @@ Checkpoints are listed, read back, digested, kept aside when unreadable, checked
 restored with every variable's shape checked. run_folder_lock keeps a second training process out.
 """
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -13,9 +14,10 @@ import itertools
 import json
 import os
 import re
+import stat
 import tempfile
 
-from config_keys import KEY_TYPES, RECORD_KEYS, RUN_IDENTITY_KEYS, flag_value, images_per_update
+from config_keys import KEY_TYPES, RECORD_KEYS, RUN_IDENTITY_KEYS, checked_value, flag_value, images_per_update
 from process import UserError, read_text, tf, tf1, write_atomically
 
 
@@ -25,7 +27,15 @@ def run_path(config, key):
 
 
 def has_checkpoints(run_directory, config):
-    return bool(all_checkpoints(os.path.join(run_directory, config['model_directory'])))
+    """Whether the run folder holds checkpoints: in the model_directory its config.json records (a run trained
+    with --model_directory ckpts is found without the flag), else in config's."""
+    try:
+        saved = read_run_config({'run_directory': run_directory}) or {}
+    except UserError:  # a damaged config.json is refused where the run's settings are read
+        saved = {}
+    recorded = saved.get('model_directory')
+    folder = recorded if isinstance(recorded, str) and recorded.strip() else config['model_directory']
+    return bool(all_checkpoints(os.path.join(run_directory, folder)))
 
 
 def new_run_directory(run_directory):
@@ -78,7 +88,16 @@ def run_folder_lock(config):
         yield
         return
     path = os.path.join(config['run_directory'], '.lock')
-    with open(path, 'a+') as lock:
+    try:  # never through a link, never a folder: the lock file is written (the holder's PID)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise IsADirectoryError(errno.EISDIR, 'not a regular file')
+    except OSError as error:
+        what = 'a link' if error.errno == errno.ELOOP else error.strerror
+        raise UserError(f'{path}, the run folder\'s lock file, cannot be used ({what}); remove it (no training '
+                        'holds a lock that is not a file) and run again') from None
+    with open(descriptor, 'a+') as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -120,6 +139,14 @@ def check_run_config_matches(config):
     saved = read_run_config(config)
     if saved is None:
         return
+    path = os.path.join(config['run_directory'], 'config.json')
+    missing = [key for key in ('dataset', 'z_dim') if key not in saved]  # in every run's record since the first
+    if missing:  # another program's config.json: never written over
+        raise UserError(f'{path} is not a run\'s config.json (it has no {" or ".join(missing)}); choose another '
+                        '--run_directory, or move that file away')
+    for key, value in saved.items():  # a value of the wrong type is a damaged record, not one to merge into
+        if key in KEY_TYPES:
+            checked_value(key, value, path)
     for key in RUN_IDENTITY_KEYS:
         if key in saved and saved[key] != config[key]:
             raise UserError(f'{config["run_directory"]} holds the config.json of another run ({key}='
@@ -150,7 +177,8 @@ def list_checkpoints(model_directory, kind='model'):
     (saved after an epoch) or interrupted_<step> (saved on SIGINT / SIGTERM). The .index file is written last."""
     checkpoints = {}
     for index in glob.glob(os.path.join(glob.escape(str(model_directory)), f'{kind}_*.index')):
-        match = re.fullmatch(rf'{kind}_(\d+)\.index', os.path.basename(index))
+        # model_1 only, never model_01: two names of one number would be one checkpoint keyed by the other's files
+        match = re.fullmatch(rf'{kind}_(0|[1-9]\d*)\.index', os.path.basename(index))
         if match and os.path.isfile(index):
             checkpoints[int(match.group(1))] = index[:-len('.index')]
     return dict(sorted(checkpoints.items()))

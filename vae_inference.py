@@ -151,8 +151,8 @@ def importance_weighted_bound(sess, outputs, config, images, k, progress_path=No
 
 def saved_progress(path, identity, arrays, what):
     """How many items of an interrupted evaluation `path` holds for this identity, copied into `arrays` ({name:
-    array over all items}); 0 when there is no file, or it is another evaluation's or damaged (a warning each:
-    a fresh start)."""
+    array over all items}); 0 when there is no file, or it is another evaluation's, damaged or holds a non-finite
+    number (a warning each: a fresh start)."""
     if not path or not os.path.lexists(path):
         return 0
     count = len(next(iter(arrays.values())))
@@ -161,6 +161,9 @@ def saved_progress(path, identity, arrays, what):
             done = int(saved['done'])
             if str(saved['identity']) == identity and 0 <= done <= count and \
                     all(saved[name].shape == array.shape for name, array in arrays.items()):
+                if not all(np.all(np.isfinite(saved[name][:done])) for name in arrays):
+                    print(f'warning: {path} holds numbers that are not finite; starting afresh')
+                    return 0
                 for name, array in arrays.items():
                     array[:done] = saved[name][:done]
                 print(f'going on from {path}: {done} of {count} {what} done')
@@ -654,10 +657,22 @@ def resumable_features(extract, make_images, count, config, progress_path, ident
     return progress['features']
 
 
+def arrays_digest(arrays):
+    """SHA-1 of named arrays (names, dtypes, shapes and bytes): kept with them, so a file changed after it was
+    written (by hand, by a bad copy) is told from what was computed."""
+    digest = hashlib.sha1()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f'{name}:{array.dtype.str}:{array.shape}:'.encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def kept_arrays(path, what, valid, compute):
-    """The arrays of the .npz file path when they are all finite and hold a valid(arrays) `what`; else compute()'s,
-    written to it atomically (a damaged, foreign or non-finite file is replaced whole, with a warning). A path that
-    is a folder, under a file, or unreadable is a one-line error before anything is computed."""
+    """The arrays of the .npz file path when they are what was written (their arrays_digest, kept beside them
+    as 'arrays_sha1'), all finite, and a valid(arrays) `what`; else compute()'s, written to it atomically (a
+    damaged, changed, foreign or non-finite file is replaced whole, with a warning). A path that is a folder, under
+    a file, or unreadable is a one-line error before anything is computed."""
     folder = os.path.dirname(path)
     if os.path.isdir(path) or (os.path.lexists(folder) and not os.path.isdir(folder)):
         where = f'{path} is a folder' if os.path.isdir(path) else f'{folder} is in the way of {what} ({path})'
@@ -671,17 +686,21 @@ def kept_arrays(path, what, valid, compute):
         except Exception as error:  # whatever a damaged file raises in numpy's reader (zip, pickle, format)
             print(f'warning: {path} is damaged ({type(error).__name__}); computing {what} again')
         else:
-            try:  # every kept number finite (a NaN would hang the square root of the FID), then the caller's check
-                usable = all(np.isfinite(array).all() for array in arrays.values()
-                             if np.issubdtype(array.dtype, np.number)) and valid(arrays)
+            kept = str(arrays.pop('arrays_sha1', ''))
+            try:  # as written, every kept number finite (a NaN would hang the FID's square root), the caller's check
+                usable = kept == arrays_digest(arrays) and all(
+                    np.isfinite(array).all() for array in arrays.values()
+                    if np.issubdtype(array.dtype, np.number)) and valid(arrays)
             except (KeyError, ValueError, TypeError, IndexError):
                 usable = False
             if usable:
                 print(f'{what} from {path}')
                 return arrays
-            print(f'warning: {path} does not hold {what} for this run; computing it again')
+            print(f'warning: {path} does not hold {what} for this run'
+                  f'{"" if kept == arrays_digest(arrays) else " (its arrays changed since it was written)"}; '
+                  'computing it again')
     arrays = compute()
-    process.write_atomically(path, lambda f: np.savez(f, **arrays))
+    process.write_atomically(path, lambda f: np.savez(f, arrays_sha1=np.array(arrays_digest(arrays)), **arrays))
     print(f'wrote {path}: {what}')
     return arrays
 
@@ -734,12 +753,12 @@ def training_posterior_means(sess, outputs, config, data):
 def sampler_settings(config, options, data):
     """What --sampler's samples depend on besides the checkpoint, as parts of a file name (keying its FID record
     and two_stage's kept fit): the seed of its draws; for gmm and two_stage, a digest of what they are fitted to
-    (how many training images, --num_train_images can lower it; for CelebA, which files) and how; for two_stage,
+    (how many training images, --num_train_images can lower it; for CelebA, the files' names and bytes) and how; for two_stage,
     its epochs too."""
     seed = f'seed{config["seed"]}'
     fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
     if config['dataset'] == 'celebA':  # a folder may hold other faces on a later call: the fit is to these files
-        fitted = (fitted, [os.path.basename(str(path)) for path in data['train'][:fitted]])
+        fitted = (fitted, datasets.files_digest(data['train'][:fitted]))
     if options['sampler'] == 'prior':
         return [seed]
     if options['sampler'] == 'gmm':

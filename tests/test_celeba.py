@@ -98,7 +98,7 @@ def test_training_input_is_in_minus_one_to_one(celeba):
     assert data['test_images'].shape == (5, 64, 64, 3) and data['grid_images'].shape == (5, 64, 64, 3)
 
 
-def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path, monkeypatch):
+def test_cache_is_built_once_and_rebuilt_for_another_crop_file_list_or_file(tmp_path, monkeypatch):
     folder = tmp_path / 'img_align_celeba'
     make_celeba(folder)
     cache = tmp_path / 'cache'
@@ -124,6 +124,21 @@ def test_cache_is_built_once_and_rebuilt_for_another_crop_or_file_list(tmp_path,
         f.writelines(lines[1:])  # one training file fewer
     assert len(datasets.load_dataset(config)['train']) == 29
     assert len(os.listdir(cache)) == 3
+    replace_with_another_face_of_the_same_size(folder / '000002.jpg')  # the cache was keyed by names and sizes
+    assert not np.array_equal(datasets.load_dataset(config)['train'], expected[1:])
+    assert len(os.listdir(cache)) == 4
+
+
+def replace_with_another_face_of_the_same_size(path):
+    """Another valid face in path's file, byte for byte as long (a JPEG comment pads it): only its bytes differ."""
+    size = os.path.getsize(path)
+    face_like_jpeg(path, np.random.default_rng(99), quality=40)
+    body = open(path, 'rb').read()
+    padding = size - len(body) - 4  # a COM segment: FF FE, a 2-byte length (counting itself), the comment
+    assert padding >= 0
+    with open(path, 'wb') as f:
+        f.write(body[:2] + b'\xff\xfe' + (padding + 2).to_bytes(2, 'big') + b' ' * padding + body[2:])
+    assert os.path.getsize(path) == size and datasets.check_celeba_file(str(path)) is None
 
 
 def write_bad(folder, name, kind, rng):
@@ -241,7 +256,7 @@ def test_a_damaged_training_jpeg_is_refused_by_name_when_a_sampler_is_fitted(tmp
     assert not list(run.glob('generations*'))
 
 
-def test_a_celeba_second_stage_is_kept_per_training_files(tmp_path, tiny_run, celeba_folder):
+def test_a_celeba_second_stage_is_kept_per_training_files_and_their_bytes(tmp_path, tiny_run, celeba_folder):
     # The folder may hold other faces on a later call (a subset of img_align_celeba): a fit to other files, even as
     # many, is fitted again and kept beside the first, never read back in its place.
     folder = tmp_path / 'img_align_celeba'
@@ -257,6 +272,10 @@ def test_a_celeba_second_stage_is_kept_per_training_files(tmp_path, tiny_run, ce
     result = run_script('vae_inference.py', *args)
     assert result.returncode == 0 and 'fitted the second stage' in result.stdout, result.stderr
     assert len(os.listdir(run / 'two_stage')) == 2 and kept in os.listdir(run / 'two_stage')
+    replace_with_another_face_of_the_same_size(folder / '000006.jpg')  # the same names and sizes, another face
+    result = run_script('vae_inference.py', *args)
+    assert result.returncode == 0 and 'fitted the second stage' in result.stdout, result.stderr
+    assert len(os.listdir(run / 'two_stage')) == 3
 
 
 @pytest.mark.slow

@@ -85,6 +85,61 @@ def test_fresh_claims_its_new_folder_once_every_value_is_checked(trained):
     assert result.returncode == 0 and f'training in {other}-2' in result.stdout, result.stdout + result.stderr
 
 
+def test_a_runs_files_stay_in_its_folder_and_are_found_where_its_config_json_says(tmp_path):
+    # A checkpoint folder outside the run (absolute or ..) escaped the lock and --export wrote over the run's own
+    # model_1; refused for every subfolder key. One inside it, recorded in config.json, is found without the flag.
+    run = tmp_path / 'run'
+    for key in ('--model_directory', '--log_directory', '--gen_directory'):
+        for value in (str(tmp_path / 'elsewhere'), '../elsewhere', 'a/../../elsewhere', '.'):
+            assert_refused(run_script('vae.py', *BASE, '--run_directory', run, key, value),
+                           f'{key[2:]} must be a folder inside the run folder (a relative path without ..)')
+    assert not os.path.exists(run) and not os.path.exists(tmp_path / 'elsewhere')
+    assert run_script('vae.py', *BASE, '--run_directory', run, '--num_epoch', '1', '--model_directory',
+                      'ckpts').returncode == 0
+    result = run_script('vae.py', *BASE, '--run_directory', run, '--num_epoch', '2')
+    assert result.returncode == 0 and f'resuming {run} from {run}/ckpts/model_0' in result.stdout, result.stdout
+    result = run_script('vae_inference.py', '--run_directory', run, '--num_test', '10')
+    assert result.returncode == 0 and f'restored {run}/ckpts/model_1' in result.stdout, result.stderr
+    before = snapshot(run)
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', run, '--model_directory', 'other'),
+                   'was trained with model_directory=ckpts but --model_directory says other', run, before)
+
+
+def test_a_lock_file_or_config_json_that_is_not_the_runs_is_never_written(trained, tmp_path):
+    # .lock as a folder was a traceback, as a link it truncated the file it pointed to; another program's
+    # config.json in an empty folder was merged into and rewritten.
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('keep me\n')
+    os.remove(trained / '.lock') if os.path.lexists(trained / '.lock') else None
+    for make in (lambda: os.mkdir(trained / '.lock'), lambda: os.symlink(victim, trained / '.lock')):
+        make()
+        before = snapshot(trained)
+        assert_refused(run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3'),
+                       "the run folder's lock file, cannot be used", trained, before)
+        (os.rmdir if os.path.isdir(trained / '.lock') and not os.path.islink(trained / '.lock') else os.remove)(
+            trained / '.lock')
+    assert victim.read_text() == 'keep me\n'
+    foreign = tmp_path / 'app'
+    foreign.mkdir()
+    (foreign / 'config.json').write_text('{"project": "my web app", "port": 8080}')
+    before = snapshot(foreign)
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', foreign),
+                   "config.json is not a run's config.json (it has no dataset or z_dim)", foreign, before)
+    (foreign / 'config.json').write_text('{"dataset": "MNIST", "z_dim": 4, "seed": "not-an-int"}')
+    before = snapshot(foreign)
+    assert_refused(run_script('vae.py', *BASE, '--run_directory', foreign),
+                   "seed must be an integer, got 'not-an-int' in", foreign, before)
+
+
+def test_a_checkpoint_named_with_leading_zeros_is_not_a_checkpoint(trained):
+    # model_01 beside model_1: one epoch number for two files, and model_01's numbers were kept under model_1's
+    # digest. Only model_<number> without leading zeros is a checkpoint.
+    for path in (trained / 'models').glob('model_0.*'):
+        os.link(path, str(path).replace('model_0.', 'model_01.'))
+    assert sorted(run_folder.list_checkpoints(trained / 'models')) == [0, 1]
+    assert run_folder.list_checkpoints(trained / 'models')[1].endswith('/model_1')
+
+
 def test_a_damaged_config_json_is_a_one_line_error(trained):
     for text in ('', '{"z_dim": 4', '[1, 2]'):
         (trained / 'config.json').write_text(text)

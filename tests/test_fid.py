@@ -329,7 +329,7 @@ def test_the_test_statistics_are_cached_by_image_set(tmp_path, monkeypatch):
     assert calls == [6, 6] and len(os.listdir(tmp_path / 'cache')) == 2  # no progress file left
 
 
-def test_kept_statistics_that_are_not_finite_or_lack_an_array_are_computed_again(tmp_path, capsys):
+def test_kept_statistics_that_are_not_finite_lack_an_array_or_were_changed_are_computed_again(tmp_path, capsys):
     import vae_inference
     from conftest import tiny_config
     config = {**tiny_config(tmp_path), 'fid_cache_directory': str(tmp_path / 'cache')}
@@ -344,12 +344,16 @@ def test_kept_statistics_that_are_not_finite_or_lack_an_array_are_computed_again
     kept = dict(np.load(path))
     for damaged in ({**kept, 'sigma': np.where(np.eye(2048) > 0, np.nan, kept['sigma'])},  # would hang sqrtm
                     {name: array for name, array in kept.items() if name != 'sigma'},
-                    {**kept, 'mu': kept['mu'][:16]}):
+                    {**kept, 'mu': kept['mu'][:16]},
+                    {**kept, 'sigma': -kept['sigma']},  # changed by hand, finite and of the right shape: a FID of
+                    {**kept, 'sigma': kept['sigma'] * 100}):  # 164 or 10,518 where the truth was 368 (a review)
         np.savez(path, **damaged)
         again = vae_inference.test_statistics(config, extract, images)
         assert 'computing it again' in capsys.readouterr().out
         assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
-    assert calls == [6] * 4
+    assert calls == [6] * 6
+    vae_inference.test_statistics(config, extract, images)  # as written: read back
+    assert calls == [6] * 6 and 'test statistics from' in capsys.readouterr().out
 
 
 def test_the_frechet_distance_refuses_statistics_that_are_not_finite():

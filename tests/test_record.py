@@ -251,6 +251,10 @@ def test_progress_of_other_weights_or_a_damaged_file_is_never_used(trained, tmp_
                     f.write(content)
             result = vae_inference.importance_weighted_bound(sess, outputs, config, images, 4, progress, 'mine')
             assert np.array_equal(result[0], clean[0]) and np.array_equal(result[1], clean[1])
+        # This evaluation's own progress holding a NaN: refused at every rerun before; now a fresh start.
+        np.savez(progress, identity='mine', done=3, elbo=np.full(6, np.nan), iwae=np.full(6, -1e3))
+        result = vae_inference.importance_weighted_bound(sess, outputs, config, images, 4, progress, 'mine')
+        assert np.array_equal(result[0], clean[0]) and np.array_equal(result[1], clean[1])
 
 
 # ---------------------------------------------------------------- all or nothing, one writer
