@@ -626,6 +626,7 @@ def export_run(config, epoch, folder):
 
 # ---------------------------------------------------------------- sample quality: the FID
 
+MAX_TWO_STAGE_EPOCHS = 10 ** 4  # the second stage's fit: Dai & Wipf train hundreds of epochs
 MAX_FID_SAMPLES = 10 ** 5  # generated images one FID may score: 16 KB of float64 features each, 1.6 GB at the bound
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
@@ -802,7 +803,8 @@ def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     z_means = training_posterior_means(sess, outputs, config, data)
     if len(z_means) < GMM_COMPONENTS:
         raise UserError(f'the gmm sampler fits {GMM_COMPONENTS} components to the training posterior means, and this '
-                        f'run has {len(z_means)} training images; use --sampler prior, or train on more images')
+                        f'run has {len(z_means)} training images; fit it to more with --num_train_images 0 (the '
+                        'whole training set: the fit\'s images, not the model\'s), or use --sampler prior')
     print(f'fitted a {GMM_COMPONENTS}-component Gaussian mixture to {len(z_means)} training posterior means')
     return fit_latent_mixture(z_means, config['seed']).sample(count)[0].astype(np.float32)
 
@@ -884,9 +886,11 @@ FLAGS = {
 
 def main(argv):
     config, options = command_line.parse_command_line(argv, FLAGS, __doc__.split('\n\n')[0], from_run=True)
-    if not 0 < options['k'] <= MAX_K or options['num_test'] < 0:
-        raise UserError(f'--k must be in 1..{MAX_K:,} (the literature protocol: 5000) and --num_test zero (all) or '
-                        'positive')
+    if not 0 < options['k'] <= MAX_K:
+        raise UserError(f'--k must be in 1..{MAX_K:,} (the literature protocol: 5000), got {options["k"]}')
+    if options['num_test'] < 0 or (options['fid'] and options['num_test'] == 1):
+        least = '2 or more with --fid (the test features\' covariance)' if options['fid'] else 'positive'
+        raise UserError(f'--num_test must be 0 (all) or {least}, got {options["num_test"]}')
     if options['checkpoint'] < -1:
         raise UserError(f'--checkpoint {options["checkpoint"]} is no checkpoint; pass an epoch number of a '
                         'model_<epoch> checkpoint, or -1 (the default) for the newest')
@@ -897,10 +901,12 @@ def main(argv):
                         'with python vae.py --dataset MNIST_2d and pass --dataset MNIST_2d here')
     if options['sampler'] not in SAMPLER_TITLES:
         raise UserError(f'--sampler must be one of {", ".join(SAMPLER_TITLES)} (got {options["sampler"]!r})')
-    if not 2 <= options['fid_samples'] <= MAX_FID_SAMPLES or options['two_stage_epochs'] < 1:
-        raise UserError(f'--fid_samples must be in 2..{MAX_FID_SAMPLES:,} (the protocol: 10,000; got '
-                        f'{options["fid_samples"]}) and --two_stage_epochs at least 1 (got '
-                        f'{options["two_stage_epochs"]})')
+    if not 2 <= options['fid_samples'] <= MAX_FID_SAMPLES:
+        raise UserError(f'--fid_samples must be in 2..{MAX_FID_SAMPLES:,} (the protocol: 10,000), got '
+                        f'{options["fid_samples"]}')
+    if not 1 <= options['two_stage_epochs'] <= MAX_TWO_STAGE_EPOCHS:
+        raise UserError(f'--two_stage_epochs must be in 1..{MAX_TWO_STAGE_EPOCHS:,} (the default: 40), got '
+                        f'{options["two_stage_epochs"]}')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
     destinations = [name for name in ('saved_model', 'export') if options[name]]

@@ -140,6 +140,16 @@ def test_a_checkpoint_named_with_leading_zeros_is_not_a_checkpoint(trained):
     assert run_folder.list_checkpoints(trained / 'models')[1].endswith('/model_1')
 
 
+def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(tmp_path):
+    # --z_dim 100000000 was a MemoryError traceback (and a process that would not exit), --kernel_size 3000 an
+    # InvalidArgumentError that left .lock and logs/ behind: the weights are counted from the config first.
+    run = tmp_path / 'run'
+    for flag, value in (('--z_dim', '100000000'), ('--kernel_size', '3000')):
+        assert_refused(run_script('vae.py', *BASE, '--run_directory', run, flag, value),
+                       'the model would have')
+    assert not os.path.exists(run)
+
+
 def test_a_damaged_config_json_is_a_one_line_error(trained):
     for text in ('', '{"z_dim": 4', '[1, 2]'):
         (trained / 'config.json').write_text(text)
@@ -281,6 +291,9 @@ def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
     ('vae_inference.py', ['--interpolate', '--num_test', '1'], 'pass --num_test 2 or more'),
     ('vae_inference.py', ['--manifold'], '--manifold needs a model with z_dim 2'),
     ('vae_inference.py', ['--fid', '--fid_samples', '30000000'], '--fid_samples must be in 2..100,000'),
+    ('vae_inference.py', ['--num_test', '-1'], '--num_test must be 0 (all) or positive, got -1'),  # named --k
+    ('vae_inference.py', ['--fid', '--num_test', '1'], '--num_test must be 0 (all) or 2 or more with --fid'),
+    ('vae_inference.py', ['--k', '0'], '--k must be in 1..10,000,000 (the literature protocol: 5000), got 0'),
 ])
 def test_bad_input_on_a_trained_run_changes_nothing(trained, script, args, message):
     before = snapshot(trained)

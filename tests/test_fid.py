@@ -422,11 +422,18 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
                       '--run_directory', run).returncode == 0
     before = snapshot(run)
     assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
-                   'the gmm sampler fits 10 components to the training posterior means, and this run has 8')
+                   'and this run has 8 training images; fit it to more with --num_train_images 0')
     for flags, message in ((['--sampler', 'vamp'], "--sampler must be one of prior, gmm, two_stage (got 'vamp')"),
-                           (['--sampler', 'two_stage', '--two_stage_epochs', '0'], 'two_stage_epochs at least 1')):
+                           (['--sampler', 'two_stage', '--two_stage_epochs', '0'],
+                            '--two_stage_epochs must be in 1..10,000 (the default: 40), got 0'),
+                           (['--sampler', 'two_stage', '--two_stage_epochs', '1000000000'],  # 3 years of fitting
+                            '--two_stage_epochs must be in 1..10,000')):
         assert_refused(run_script('vae_inference.py', '--run_directory', run, *flags), message)
     assert snapshot(run) == before
+    # The fix the refusal gives works: the mixture fitted to the whole training set, the model as it is.
+    result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10',
+                        '--num_train_images', '0')
+    assert result.returncode == 0 and 'fitted a 10-component Gaussian mixture to 60000' in result.stdout, result.stderr
     # A file where the second stage's folder goes is refused before the fit, and left as it was.
     (run / 'two_stage').write_text('mine')
     before = snapshot(run)
