@@ -412,13 +412,30 @@ def save_training_curves(path, curves):
 EVALUATIONS = 'evaluations'  # the run folder's evaluation records, one JSON file each
 
 
-def picture_path(config, name, epoch):
-    """<run>/<name>_model_<epoch>.png: a picture is named by the checkpoint it shows."""
-    return os.path.join(config['run_directory'], f'{name}_model_{epoch}.png')
+def picture_path(config, name, epoch, settings=()):
+    """<run>/<name>_model_<epoch>[-<setting>...].png: a picture is named by the checkpoint it shows and by what
+    else made it other than that checkpoint's default picture (picture_settings), so one never replaces another."""
+    return os.path.join(config['run_directory'], '-'.join([f'{name}_model_{epoch}', *settings]) + '.png')
 
 
-def write_grid(config, name, epoch, images, rows, columns, title):
-    path = picture_path(config, name, epoch)
+def picture_settings(config, options, shows):
+    """The parts of a picture's name beyond its checkpoint. Pictures of test images (shows 'test'): n<N> when
+    --num_test shows a subset. Samples (shows a sampler's name): seed<S> for another --seed than the run's, and for
+    a fitted sampler train<N> for another --num_train_images than the run's, and two_stage's e<N> for other epochs
+    than the default."""
+    if shows == 'test':
+        return [f'n{options["num_test"]}'] if options['num_test'] else []
+    saved = run_folder.read_run_config(config) or {}
+    settings = [f'seed{config["seed"]}'] if config['seed'] != saved.get('seed', config['seed']) else []
+    if shows != 'prior' and config['num_train_images'] != saved.get('num_train_images', config['num_train_images']):
+        settings.append(f'train{config["num_train_images"]}')
+    if shows == 'two_stage' and options['two_stage_epochs'] != FLAGS['two_stage_epochs'][0]:
+        settings.append(f'e{options["two_stage_epochs"]}')
+    return settings
+
+
+def write_grid(config, name, epoch, images, rows, columns, title, settings=()):
+    path = picture_path(config, name, epoch, settings)
     save_grid(path, images, rows, columns, title=title, value_range=config_keys.pixel_range(config))
     print(f'wrote {path}')
 
@@ -526,9 +543,10 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
-               f'epoch {epoch}: test / reconstruction')
+               f'epoch {epoch}: test / reconstruction', picture_settings(config, options, 'test'))
     write_grid(config, 'generations' if sampler == 'prior' else f'generations_{sampler}', epoch, samples,
-               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}')
+               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}',
+               picture_settings(config, options, sampler))
 
 
 def write_gif(config):
@@ -935,6 +953,7 @@ def main(argv):
         test_images = datasets.evaluation_images(config, data['test_images'])
         if options['num_test']:
             test_images = test_images[:options['num_test']]
+        of_test = picture_settings(config, options, 'test')  # the name of a picture of these test images
         if not pictures:
             write_samples(sess, outputs, config, data, test_images, epoch, prefix, options)
         if options['evaluate']:
@@ -944,13 +963,13 @@ def main(argv):
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
             write_grid(config, 'interpolation', epoch, interpolation_grid(sess, outputs, test_images, rows), rows,
-                       GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
+                       GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means', of_test)
         if options['traverse']:
             rates = dimension_rates(sess, outputs, test_images[:1000])
             dimensions = np.argsort(-rates)[:TRAVERSE_DIMENSIONS]
             write_grid(config, 'traversal', epoch, traversal_grid(sess, outputs, test_images, dimensions),
                        len(dimensions), TRAVERSE_STEPS,
-                       f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
+                       f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]', of_test)
         if options['manifold']:
             write_grid(config, 'manifold', epoch, manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
                        f'epoch {epoch}: 2-D latent manifold')
@@ -960,7 +979,7 @@ def main(argv):
         if options['projector']:
             write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels)
         if options['scatter']:
-            path = picture_path(config, 'latent_scatter', epoch)
+            path = picture_path(config, 'latent_scatter', epoch, of_test)
             save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')
             print(f'wrote {path}')
     if not pictures:

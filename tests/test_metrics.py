@@ -160,10 +160,10 @@ def test_evaluation_and_pictures_end_to_end(tiny_run):
     assert 0 <= metrics['active_units'] <= 2 and metrics['kl_nats'] > 0
     assert metrics['decoder'].startswith('gaussian, fixed variance')
     side = 28 * 2
-    assert png_size(run / 'interpolation_model_1.png') == (12 * side, 8 * side + 16)
-    assert png_size(run / 'traversal_model_1.png') == (11 * side, 2 * side + 16)  # z_dim 2: both dimensions
+    assert png_size(run / 'interpolation_model_1-n300.png') == (12 * side, 8 * side + 16)
+    assert png_size(run / 'traversal_model_1-n300.png') == (11 * side, 2 * side + 16)  # z_dim 2: both dimensions
     assert png_size(run / 'manifold_model_1.png') == (20 * side, 20 * side + 16)
-    assert png_size(run / 'latent_scatter_model_1.png') == (600, 550)
+    assert png_size(run / 'latent_scatter_model_1-n300.png') == (600, 550)
     assert png_size(run / 'training_curves.png')[0] >= 1200  # loss, reconstruction, KL and test ELBO panels
 
 

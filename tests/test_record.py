@@ -190,6 +190,18 @@ def test_an_export_resumed_or_a_checkpoint_state_folder_say_the_right_thing(trai
 
 # ---------------------------------------------------------------- evaluations are records
 
+def test_a_picture_of_other_settings_never_replaces_the_checkpoints_default_one(trained):
+    # --num_test 20 replaced the full reconstructions grid with 20 images and black, --seed 7 the generations.
+    assert run_script('vae_inference.py', '--run_directory', trained).returncode == 0
+    defaults = {name: (trained / name).read_bytes() for name in ('reconstructions_model_1.png',
+                                                                 'generations_model_1.png')}
+    result = run_script('vae_inference.py', '--run_directory', trained, '--num_test', '20', '--seed', '7')
+    assert result.returncode == 0, result.stderr
+    assert f'wrote {trained}/reconstructions_model_1-n20.png' in result.stdout
+    assert f'wrote {trained}/generations_model_1-seed7.png' in result.stdout
+    assert {name: (trained / name).read_bytes() for name in defaults} == defaults
+
+
 def test_every_evaluation_is_kept_and_pictures_are_named_by_their_checkpoint(trained):
     runs = [['--evaluate', '--k', '20', '--num_test', '30'], ['--evaluate', '--checkpoint', '0', '--k', '1',
                                                               '--num_test', '10']]
