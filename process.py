@@ -6,6 +6,7 @@ printed as one line with exit status 1 by exit_on_user_error; stop_requests coll
 training steps; write_atomically and write_folder_atomically are the one way a file or folder is written.
 """
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -96,9 +97,24 @@ def write_atomically(path, write, mode='wb'):
             with contextlib.suppress(OSError):
                 os.remove(temporary)
         if isinstance(error, OSError):
-            raise UserError(f'cannot write {path} ({error.strerror or error}); free some space or choose a '
-                            f'writable folder; {name} was left as it was') from None
+            raise UserError(f'cannot write {path} ({error.strerror or error}); {destination_fix(path, error)}; '
+                            f'{name} was left as it was') from None
         raise
+
+
+def destination_fix(path, error):
+    """What to do when path cannot be written: move away what is in its way (a folder where the file goes, a file
+    where a folder of its path goes), else free space or choose a writable folder."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return f'{path} is a folder: move it away'
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        return f'{parent} is {"a broken link" if os.path.islink(parent) else "a file"} where a folder goes: move it away'
+    if error.errno == errno.ENOSPC or error.errno == errno.EFBIG:
+        return 'free some space'
+    return 'free some space or choose a writable folder'
 
 
 def write_folder_atomically(destination, build):

@@ -472,11 +472,24 @@ def write_record(path, record):
     print(f'wrote {path}')
 
 
+def check_destination(path, what):
+    """A one-line error, before anything is computed, when path cannot be written: a folder stands there, or a
+    file (or broken link) where one of its folders goes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise UserError(f'{path} is a folder where {what} goes; move it away')
+    if not os.path.isdir(folder):
+        raise UserError(f'{folder} is in the way of {what} ({path}); move it away')
+
+
 def kept_record(path, identity, numbers):
     """The record at path when it is whole and is the one asked for: a JSON object whose `identity` keys hold
     these values (what its name stands for, and what its numbers depend on beyond it, such as the decoder) and
     whose `numbers` are finite numbers. None when there is none; a damaged, foreign or contradicting one is a
-    warning: it is computed again and replaced."""
+    warning: it is computed again and replaced. A path that cannot hold it is a one-line error before any work."""
+    check_destination(path, 'the record')
     if not os.path.lexists(path):
         return None
     try:
@@ -692,10 +705,7 @@ def kept_arrays(path, what, valid, compute):
     as 'arrays_sha1'), all finite, and a valid(arrays) `what`; else compute()'s, written to it atomically (a
     damaged, changed, foreign or non-finite file is replaced whole, with a warning). A path that is a folder, under
     a file, or unreadable is a one-line error before anything is computed."""
-    folder = os.path.dirname(path)
-    if os.path.isdir(path) or (os.path.lexists(folder) and not os.path.isdir(folder)):
-        where = f'{path} is a folder' if os.path.isdir(path) else f'{folder} is in the way of {what} ({path})'
-        raise UserError(f'{where}; move it away')
+    check_destination(path, what)
     if os.path.lexists(path):
         try:
             with np.load(path) as saved:

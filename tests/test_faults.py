@@ -3,6 +3,7 @@ Each refusal is exit status 1 and one line `error: ...` naming the problem, no t
 there before is byte-identical afterwards."""
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,22 @@ def test_a_model_too_large_for_memory_is_refused_before_anything_is_written(tmp_
         assert_refused(run_script('vae.py', *BASE, '--run_directory', run, flag, value),
                        'the model would have')
     assert not os.path.exists(run)
+
+
+def test_a_record_or_picture_that_cannot_be_written_says_what_is_in_the_way(trained):
+    # A file named evaluations, or a folder where the record goes: the evaluation ran whole, then failed saying
+    # "free some space". Now refused before any work, naming what to move; a picture's folder likewise.
+    shutil.rmtree(trained / 'evaluations', ignore_errors=True)
+    (trained / 'evaluations').write_text('mine')
+    before = snapshot(trained)
+    result = run_script('vae_inference.py', '--run_directory', trained, '--evaluate', '--k', '2', '--num_test', '5')
+    assert_refused(result, f'{trained}/evaluations is in the way of the record', trained, before)
+    assert 'IWAE' not in result.stdout
+    os.remove(trained / 'evaluations')
+    os.mkdir(trained / 'reconstructions_model_1.png')
+    before = snapshot(trained)
+    assert_refused(run_script('vae_inference.py', '--run_directory', trained),
+                   f'{trained}/reconstructions_model_1.png is a folder: move it away', trained, before)
 
 
 def test_a_damaged_config_json_is_a_one_line_error(trained):
