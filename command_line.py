@@ -173,6 +173,9 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     config.update(tf_config_keys())
     where.update({key: 'TF_CONFIG' for key in tf_config_keys()})
     check_config(config, where)
+    if options.get('fresh') and (config['worker_hosts'] or config['ps_hosts']):
+        raise UserError('--fresh with a cluster: every task would claim a new folder of its own; pass the same new '
+                        '--run_directory to every task instead')
     if fresh:
         config['run_directory'] = new_run_directory(run_directory)
         print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in '

@@ -18,7 +18,7 @@ import deploy
 import run_folder
 import vae
 import vae_inference
-from conftest import MNIST_DIR, ROOT, TINY, run_script, subset, tiny_config
+from conftest import MNIST_DIR, ROOT, TINY, assert_refused, run_script, subset, tiny_config
 from process import UserError
 
 tf1 = tf.compat.v1
@@ -210,6 +210,15 @@ def test_cluster_comes_from_tf_config_or_the_host_keys(monkeypatch):
 def test_a_wrong_cluster_is_refused_with_the_fix(monkeypatch, tf_config, extra, message):
     with pytest.raises(UserError, match=message):
         deploy.cluster_from_config(cluster_config(monkeypatch, tf_config, *extra))
+
+
+def test_fresh_in_a_cluster_is_refused_before_any_task_claims_a_folder(tmp_path, trained):
+    # Every task resolves --fresh: each would have claimed a new folder (R-2, R-3, ...) of its own.
+    for job in ('worker', 'ps'):
+        result = run_script('vae.py', *TINY, '--run_directory', trained, '--fresh', '--num_ps_tasks', '1',
+                            '--ps_hosts', '127.0.0.1:1', '--worker_hosts', '127.0.0.1:2', '--job_name', job)
+        assert_refused(result, '--fresh with a cluster: every task would claim a new folder of its own')
+    assert not os.path.exists(f'{trained}-2')
 
 
 def test_a_busy_port_is_a_one_line_error(tmp_path):
