@@ -103,16 +103,20 @@ def write_atomically(path, write, mode='wb'):
 
 
 def destination_fix(path, error):
-    """What to do when path cannot be written: move away what is in its way (a folder where the file goes, a file
-    where a folder of its path goes), else free space or choose a writable folder."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        return f'{path} is a folder: move it away'
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent != os.path.dirname(parent) and not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if os.path.lexists(parent) and not os.path.isdir(parent):
-        return f'{parent} is {"a broken link" if os.path.islink(parent) else "a file"} where a folder goes: move it away'
-    if error.errno == errno.ENOSPC or error.errno == errno.EFBIG:
+    """What to do when path (a file or a folder) cannot be written: move away what is in its way (a folder where
+    the file goes, a file or a broken link where a folder goes), else free space or choose a writable folder."""
+    place = os.path.abspath(path)
+    while not os.path.lexists(place) and place != os.path.dirname(place):
+        place = os.path.dirname(place)  # the nearest part of the path that exists
+    kind = 'a broken link' if os.path.islink(place) and not os.path.exists(place) else 'a file'
+    if place == os.path.abspath(path):
+        if os.path.isdir(path) and error.errno == errno.EISDIR:
+            return f'{path} is a folder: move it away'
+        if not os.path.isdir(path) and error.errno in (errno.EEXIST, errno.ENOTDIR):
+            return f'{path} is {kind} where a folder goes: move it away'
+    elif not os.path.isdir(place):
+        return f'{place} is {kind} where a folder goes: move it away'
+    if error.errno in (errno.ENOSPC, errno.EFBIG):
         return 'free some space'
     return 'free some space or choose a writable folder'
 

@@ -18,6 +18,7 @@ import stat
 import tempfile
 
 from config_keys import KEY_TYPES, RECORD_KEYS, RUN_IDENTITY_KEYS, checked_value, flag_value, images_per_update
+import process
 from process import UserError, read_text, tf, tf1, write_atomically
 
 
@@ -65,8 +66,8 @@ def make_folder(folder, key='run_directory'):
         try:
             make()
         except OSError as error:
-            raise UserError(f'cannot {action} {folder} ({error.strerror or error}); choose a writable '
-                            f'--{key}') from None
+            raise UserError(f'cannot {action} {folder} ({error.strerror or error}); '
+                            f'{process.destination_fix(folder, error)}, or choose another --{key}') from None
 
 
 def make_run_folders(config):

@@ -65,8 +65,9 @@ def restore(config, checkpoint=None):
     if not checkpoints:
         interrupted = run_folder.list_checkpoints(model_directory, 'interrupted')
         raise UserError(f'no checkpoint model_<epoch> in {model_directory}'
-                        + (f' (only interrupted_{max(interrupted)}, mid-epoch); run python vae.py --run_directory '
-                           f'{config["run_directory"]} to finish the epoch' if interrupted else
+                        + (f' (only interrupted_{max(interrupted)}); run python vae.py --run_directory '
+                           f'{config["run_directory"]} to finish its epoch, with --num_epoch one more than the run '
+                           'has trained if it says the run has trained them all' if interrupted else
                            '; train first with python vae.py (same --dataset / --run_directory)'))
     run_folder.check_epoch_length(config)  # a model_<N> of another run is refused by name
     if checkpoint is None:

@@ -167,6 +167,22 @@ def test_a_record_or_picture_that_cannot_be_written_says_what_is_in_the_way(trai
                    f'{trained}/reconstructions_model_1.png is a folder: move it away', trained, before)
 
 
+def test_a_run_left_with_an_interrupted_checkpoint_alone_is_told_a_fix_that_works(trained):
+    # Every model_* gone, interrupted_20 (the end of the last epoch) left: the advice was to run vae.py, which
+    # said the run had trained all its epochs and wrote nothing, and the advice came again.
+    for path in (trained / 'models').glob('model_0.*'):
+        os.remove(path)
+    for path in (trained / 'models').glob('model_1.*'):
+        os.rename(path, str(path).replace('model_1.', 'interrupted_20.'))
+    result = run_script('vae_inference.py', '--run_directory', trained)
+    assert_refused(result, f'(only interrupted_20); run python vae.py --run_directory {trained} to finish its epoch, '
+                           'with --num_epoch one more than the run has trained if it says the run has trained them all')
+    assert 'has trained all 2 epochs' in run_script('vae.py', *BASE, '--run_directory', trained).stdout
+    assert run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3').returncode == 0
+    result = run_script('vae_inference.py', '--run_directory', trained)
+    assert result.returncode == 0 and f'restored {trained}/models/model_2' in result.stdout, result.stderr
+
+
 def test_a_damaged_config_json_is_a_one_line_error(trained):
     for text in ('', '{"z_dim": 4', '[1, 2]'):
         (trained / 'config.json').write_text(text)
@@ -205,9 +221,8 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(trained):
 def test_an_existing_folder_that_cannot_be_written_is_refused_before_training(tmp_path):
     # /sys is read-only to every user, root included: the folder exists, and the first save would fail.
     assert os.path.isdir('/sys') and not os.access('/sys', os.W_OK) or os.geteuid() == 0
-    result = run_script('vae.py', *BASE, '--run_directory', '/sys', '--model_directory', '.',
-                        '--log_directory', '.')
-    assert_refused(result, 'cannot write in /sys/.')
+    result = run_script('vae.py', *BASE, '--run_directory', '/sys')
+    assert_refused(result, 'cannot create /sys/models')
 
 
 def run_with_file_size_limit(limit, script, *args):

@@ -393,7 +393,8 @@ def test_a_celeba_cache_folder_that_is_a_file_is_one_line(tmp_path):
     make_celeba(folder, count=12, partition=(8, 2, 2))
     (tmp_path / 'cache').write_text('')
     config = celeba_config(folder, '--celebA_cache', 'true', '--celebA_cache_directory', str(tmp_path / 'cache'))
-    with pytest.raises(UserError, match='cannot create .*cache .*choose a writable --celebA_cache_directory'):
+    with pytest.raises(UserError, match='cannot create .*cache .*is a file where a folder goes: move it away, or '
+                                        'choose another --celebA_cache_directory'):
         datasets.load_dataset(config)
 
 
