@@ -10,6 +10,7 @@ import copy
 import importlib
 import json
 import os
+import shlex
 
 from config_keys import (CELEBA_ONLY_KEYS, EPOCH_KEYS, KEY_TYPES, LOCATION_KEYS, PROCESS_KEYS, RECORD_KEYS,
                          RUN_IDENTITY_KEYS, RUN_SUBFOLDER_KEYS, TYPE_NAMES, check_config, check_value_types,
@@ -178,8 +179,8 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
                         '--run_directory to every task instead')
     if fresh:
         config['run_directory'] = new_run_directory(run_directory)
-        print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in '
-              f'{config["run_directory"]} (resume it with --run_directory {config["run_directory"]})')
+        print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in {config["run_directory"]} '
+              f'(resume it with --run_directory {shlex.quote(config["run_directory"])})')
     for change in record['changes'][len(saved_changes):]:  # this command's, once every value passed its check
         print(f'changing {change["key"]} {flag_value(change["from"])} -> {flag_value(change["to"])} from '
               + (f'epoch {change["epoch"]}' if change['epoch'] is not None else f'step {change["step"]}'))

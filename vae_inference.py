@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -66,8 +67,8 @@ def restore(config, checkpoint=None):
         interrupted = run_folder.list_checkpoints(model_directory, 'interrupted')
         raise UserError(f'no checkpoint model_<epoch> in {model_directory}'
                         + (f' (only interrupted_{max(interrupted)}); run python vae.py --run_directory '
-                           f'{config["run_directory"]} to finish its epoch, with --num_epoch one more than the run '
-                           'has trained if it says the run has trained them all' if interrupted else
+                           f'{shlex.quote(config["run_directory"])} to finish its epoch, with --num_epoch one more '
+                           'than the run has trained if it says the run has trained them all' if interrupted else
                            '; train first with python vae.py (same --dataset / --run_directory)'))
     run_folder.check_epoch_length(config)  # a model_<N> of another run is refused by name
     if checkpoint is None:
@@ -653,7 +654,7 @@ def export_run(config, epoch, folder):
 
     process.write_folder_atomically(folder, build)
     print(f'wrote {folder}: model_{epoch} (weights only), config.json, {config["gen_directory"]}/ and the '
-          f'TensorBoard logs; restore it with python vae_inference.py --run_directory {folder}')
+          f'TensorBoard logs; restore it with python vae_inference.py --run_directory {shlex.quote(folder)}')
 
 
 # ---------------------------------------------------------------- sample quality: the FID
@@ -783,8 +784,8 @@ def training_posterior_means(sess, outputs, config, data):
 def sampler_settings(config, options, data):
     """What --sampler's samples depend on besides the checkpoint, as parts of a file name (keying its FID record
     and two_stage's kept fit): the seed of its draws; for gmm and two_stage, a digest of what they are fitted to
-    (how many training images, --num_train_images can lower it; for CelebA, the files' names and bytes) and how; for two_stage,
-    its epochs too."""
+    (how many training images, --num_train_images can lower it; for CelebA, the files' names and bytes) and how;
+    for two_stage, its epochs too."""
     seed = f'seed{config["seed"]}'
     fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
     if config['dataset'] == 'celebA':  # a folder may hold other faces on a later call: the fit is to these files

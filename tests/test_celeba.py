@@ -72,6 +72,22 @@ def test_a_partition_file_and_a_folder_that_differ(tmp_path, capsys):
         datasets.celeba_splits(celeba_config(tmp_path, '--partition_file', str(tmp_path / 'nonexistent.txt')))
 
 
+REAL_CELEBA = os.path.join(ROOT, '..', 'shared', 'data', 'celeba-6k')  # 5,999 real faces, where a machine has them
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_CELEBA), reason=f'no real CelebA subset at {REAL_CELEBA}: the other '
+                                                          'tests make their own faces')
+def test_the_real_celeba_subset_splits_by_its_partition_and_trains(tmp_path):
+    # The folder the README's CelebA commands use: a subset of img_align_celeba with its partition file.
+    splits = datasets.celeba_splits(celeba_config(REAL_CELEBA))
+    assert [len(splits[s]) for s in ('train', 'validation', 'test')] == [4560, 780, 659]
+    run = tmp_path / 'run'
+    result = run_script('vae.py', *TINY_CELEBA, '--data_directory', REAL_CELEBA, '--num_train_images', '64',
+                        '--num_epoch', '1', '--run_directory', run)
+    assert result.returncode == 0 and 'saved model_0' in result.stdout, result.stderr
+    assert 'warning' not in result.stdout  # the partition lists exactly the files present
+
+
 @pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
 def test_crops_match_pil_within_two_grey_levels(celeba, crop):
     config = celeba_config(celeba, '--celebA_crop', crop)
