@@ -88,6 +88,20 @@ def test_the_real_celeba_subset_splits_by_its_partition_and_trains(tmp_path):
     assert 'warning' not in result.stdout  # the partition lists exactly the files present
 
 
+@pytest.mark.skipif(not os.path.isdir(REAL_CELEBA), reason=f'no real CelebA subset at {REAL_CELEBA}: the other '
+                                                          'tests make their own faces')
+def test_the_committed_celeba_run_finds_its_records_from_the_readmes_commands(tmp_path):
+    # The README's commands on the committed run print its kept numbers: the same weights, the same 659 test faces.
+    run = tmp_path / 'faces'
+    shutil.copytree(os.path.join(ROOT, 'celebA', 'results', 'faces'), run)
+    result = run_script('vae_inference.py', '--run_directory', run, '--data_directory', REAL_CELEBA, '--evaluate',
+                        '--k', '100')
+    assert result.returncode == 0 and 'holds this evaluation' in result.stdout, result.stdout + result.stderr
+    assert '8872.89 +- 6.33 nats' in result.stdout
+    assert os.listdir(run / 'evaluations') == os.listdir(os.path.join(ROOT, 'celebA', 'results', 'faces',
+                                                                      'evaluations'))
+
+
 @pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
 def test_crops_match_pil_within_two_grey_levels(celeba, crop):
     config = celeba_config(celeba, '--celebA_crop', crop)
