@@ -77,6 +77,7 @@ REAL_CELEBA = os.path.join(ROOT, '..', 'shared', 'data', 'celeba-6k')  # 5,999 r
 
 @pytest.mark.skipif(not os.path.isdir(REAL_CELEBA), reason=f'no real CelebA subset at {REAL_CELEBA}: the other '
                                                           'tests make their own faces')
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_the_real_celeba_subset_splits_by_its_partition_and_trains(tmp_path):
     # The folder the README's CelebA commands use: a subset of img_align_celeba with its partition file.
     splits = datasets.celeba_splits(celeba_config(REAL_CELEBA))
@@ -90,6 +91,7 @@ def test_the_real_celeba_subset_splits_by_its_partition_and_trains(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(REAL_CELEBA), reason=f'no real CelebA subset at {REAL_CELEBA}: the other '
                                                           'tests make their own faces')
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_the_committed_celeba_run_finds_its_records_from_the_readmes_commands(tmp_path):
     # The README's commands on the committed run print its kept numbers: the same weights, the same 659 test faces.
     run = tmp_path / 'faces'
@@ -286,6 +288,7 @@ def test_a_damaged_training_jpeg_is_refused_by_name_when_a_sampler_is_fitted(tmp
     assert not list(run.glob('generations*'))
 
 
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_a_celeba_second_stage_is_kept_per_training_files_and_their_bytes(tmp_path, tiny_run, celeba_folder):
     # The folder may hold other faces on a later call (a subset of img_align_celeba): a fit to other files, even as
     # many, is fitted again and kept beside the first, never read back in its place.

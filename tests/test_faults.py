@@ -86,6 +86,7 @@ def test_fresh_claims_its_new_folder_once_every_value_is_checked(trained):
     assert result.returncode == 0 and f'training in {other}-2' in result.stdout, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_a_runs_files_stay_in_its_folder_and_are_found_where_its_config_json_says(tmp_path):
     # A checkpoint folder outside the run (absolute or ..) escaped the lock and --export wrote over the run's own
     # model_1; refused for every subfolder key. One inside it, recorded in config.json, is found without the flag.
@@ -167,6 +168,7 @@ def test_a_record_or_picture_that_cannot_be_written_says_what_is_in_the_way(trai
                    f'{trained}/reconstructions_model_1.png is a folder: move it away', trained, before)
 
 
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_a_run_left_with_an_interrupted_checkpoint_alone_is_told_a_fix_that_works(trained):
     # Every model_* gone, interrupted_20 (the end of the last epoch) left: the advice was to run vae.py, which
     # said the run had trained all its epochs and wrote nothing, and the advice came again.

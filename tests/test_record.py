@@ -496,6 +496,7 @@ def test_damaged_records_logs_and_older_config_json_on_a_trained_run(trained, tm
         json.load(open(trained / 'config.json'))['changes']
 
 
+@pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
 def test_fresh_starts_beside_the_folder_a_path_names_and_the_root_is_no_run_folder(trained):
     # 'runs/a/.' and 'runs/a/' are runs/a: its new folder is runs/a-2, never runs/a/.-2 (a folder inside the run);
     # '/' holds the system's files: refused, as an empty run_directory is.
