@@ -174,7 +174,7 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
     config.update(tf_config_keys())
     where.update({key: 'TF_CONFIG' for key in tf_config_keys()})
     check_config(config, where)
-    if options.get('fresh') and (config['worker_hosts'] or config['ps_hosts']):
+    if options.get('fresh') and (config['num_ps_tasks'] or config['worker_replicas'] > 1):
         raise UserError('--fresh with a cluster: every task would claim a new folder of its own; pass the same new '
                         '--run_directory to every task instead')
     if fresh:
@@ -243,7 +243,8 @@ def config_from_run(config, where, record, presets, named, training):
             if key not in given:
                 config[key], where[key] = value, path
             continue
-        if config[key] == value:
+        if config[key] == value or key in RUN_SUBFOLDER_KEYS and os.path.normpath(config[key]) == \
+                os.path.normpath(value):  # models/ and ./models are models
             continue
         if key in RUN_IDENTITY_KEYS or key in RUN_SUBFOLDER_KEYS or (training and key in EPOCH_KEYS):
             raise UserError(f'{config["run_directory"]} was trained with {key}={flag_value(value)} but --{key} says '

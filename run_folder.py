@@ -95,7 +95,10 @@ def run_folder_lock(config):
             os.close(descriptor)
             raise IsADirectoryError(errno.EISDIR, 'not a regular file')
     except OSError as error:
-        what = 'a link' if error.errno == errno.ELOOP else error.strerror
+        if error.errno not in (errno.ELOOP, errno.EISDIR):  # another user's lock, a read-only folder: keep it
+            raise UserError(f'cannot use {path}, the run folder\'s lock file ({error.strerror}); '
+                            f'{process.destination_fix(path, error)}') from None
+        what = 'a link' if error.errno == errno.ELOOP else 'not a file'
         raise UserError(f'{path}, the run folder\'s lock file, cannot be used ({what}); remove it (no training '
                         'holds a lock that is not a file) and run again') from None
     with open(descriptor, 'a+') as lock:

@@ -617,7 +617,7 @@ def write_projector(config, epoch, z_means, images, labels):
     text = text_format.MessageToString(projector_config)
     process.write_atomically(path, lambda f: f.write(text), 'w')
     print(f'wrote {path} ({count} points{" with labels" if labels is not None else ""}); '
-          f'tensorboard --logdir {folder} shows them under Projector')
+          f'tensorboard --logdir {shlex.quote(folder)} shows them under Projector')
 
 
 def export_run(config, epoch, folder):
@@ -727,9 +727,9 @@ def kept_arrays(path, what, valid, compute):
             if usable:
                 print(f'{what} from {path}')
                 return arrays
-            print(f'warning: {path} does not hold {what} for this run'
-                  f'{"" if kept == arrays_digest(arrays) else " (its arrays changed since it was written)"}; '
-                  'computing it again')
+            changed = '' if kept == arrays_digest(arrays) else ' (its arrays changed since it was written)' \
+                if kept else ' (written before kept arrays carried their digest)'
+            print(f'warning: {path} does not hold {what} for this run{changed}; computing it again')
     arrays = compute()
     process.write_atomically(path, lambda f: np.savez(f, arrays_sha1=np.array(arrays_digest(arrays)), **arrays))
     print(f'wrote {path}: {what}')
@@ -787,11 +787,13 @@ def sampler_settings(config, options, data):
     (how many training images, --num_train_images can lower it; for CelebA, the files' names and bytes) and how;
     for two_stage, its epochs too."""
     seed = f'seed{config["seed"]}'
-    fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
-    if config['dataset'] == 'celebA':  # a folder may hold other faces on a later call: the fit is to these files
-        fitted = (fitted, datasets.files_digest(data['train'][:fitted]))
     if options['sampler'] == 'prior':
         return [seed]
+    fitted = min(len(data['train']), SAMPLER_FIT_IMAGES)
+    if config['dataset'] == 'celebA':  # a folder may hold other faces on a later call: the fit is to these files
+        paths = [str(path) for path in data['train'][:fitted]]
+        datasets.check_celeba_files(paths)  # inference lists the training files unchecked: a bad one, by name
+        fitted = (fitted, datasets.files_digest(paths))
     if options['sampler'] == 'gmm':
         return [seed, f'fit_{hashlib.sha1(repr((GMM_COMPONENTS, fitted)).encode()).hexdigest()[:8]}']
     fitting = hashlib.sha1(repr((two_stage.FIT_SETTINGS, fitted)).encode()).hexdigest()[:8]

@@ -14,7 +14,8 @@ import datasets
 import fid
 import process
 import vae_inference
-from conftest import ROOT, TINY_CELEBA, celeba_config, evaluation_record, face_like_jpeg, make_celeba, run_script
+from conftest import (ROOT, TINY_CELEBA, assert_refused, celeba_config, evaluation_record, face_like_jpeg, make_celeba,
+                      run_script)
 
 @pytest.fixture
 def celeba(celeba_folder):
@@ -100,8 +101,8 @@ def test_the_committed_celeba_run_finds_its_records_from_the_readmes_commands(tm
                         '--k', '100')
     assert result.returncode == 0 and 'holds this evaluation' in result.stdout, result.stdout + result.stderr
     assert '8872.89 +- 6.33 nats' in result.stdout
-    assert os.listdir(run / 'evaluations') == os.listdir(os.path.join(ROOT, 'celebA', 'results', 'faces',
-                                                                      'evaluations'))
+    assert sorted(os.listdir(run / 'evaluations')) == sorted(os.listdir(os.path.join(ROOT, 'celebA', 'results',
+                                                                                      'faces', 'evaluations')))
 
 
 @pytest.mark.parametrize('crop', ['closecrop', 'resizecrop'])
@@ -286,6 +287,14 @@ def test_a_damaged_training_jpeg_is_refused_by_name_when_a_sampler_is_fitted(tmp
     assert result.returncode == 1 and result.stderr.startswith(f'error: {folder}/000005.jpg is truncated'), \
         result.stderr
     assert not list(run.glob('generations*'))
+    # The second stage's key reads the training files' bytes: a dangling link among them is refused by name too
+    # (it was a FileNotFoundError traceback).
+    os.remove(folder / '000005.jpg')
+    os.symlink(folder / 'gone.jpg', folder / '000005.jpg')
+    result = run_script('vae_inference.py', '--run_directory', run, '--data_directory', folder, '--sampler',
+                        'two_stage', '--two_stage_epochs', '1')
+    assert_refused(result, f'{folder}/000005.jpg cannot be read as an image')
+    assert not list(run.glob('generations*')) and not (run / 'two_stage').exists()
 
 
 @pytest.mark.slow  # trains or fits: the fast tier stays under 3 minutes
