@@ -144,8 +144,9 @@ def write_folder_atomically(destination, build):
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, (OSError, tf.errors.OpError)):
-            raise UserError(f'cannot write {destination} ({error_line(error)}); free some space or choose a writable '
-                            'folder; nothing was written') from None
+            fix = destination_fix(destination, error) if isinstance(error, OSError) else \
+                'free some space or choose a writable folder'
+            raise UserError(f'cannot write {destination} ({error_line(error)}); {fix}; nothing was written') from None
         raise
 
 
