@@ -102,12 +102,18 @@ def write_atomically(path, write, mode='wb'):
         raise
 
 
+def nearest_existing(path):
+    """The absolute path of the nearest part of path that exists (path itself, or a folder above it)."""
+    place = os.path.abspath(path)
+    while not os.path.lexists(place) and place != os.path.dirname(place):
+        place = os.path.dirname(place)
+    return place
+
+
 def destination_fix(path, error):
     """What to do when path (a file or a folder) cannot be written: move away what is in its way (a folder where
     the file goes, a file or a broken link where a folder goes), else free space or choose a writable folder."""
-    place = os.path.abspath(path)
-    while not os.path.lexists(place) and place != os.path.dirname(place):
-        place = os.path.dirname(place)  # the nearest part of the path that exists
+    place = nearest_existing(path)
     kind = 'a broken link' if os.path.islink(place) and not os.path.exists(place) else 'a file'
     if place == os.path.abspath(path):
         if os.path.isdir(path) and error.errno == errno.EISDIR:

@@ -477,9 +477,7 @@ def write_record(path, record):
 def check_destination(path, what):
     """A one-line error, before anything is computed, when path cannot be written: a folder stands there, or a
     file (or broken link) where one of its folders goes."""
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
-        folder = os.path.dirname(folder)
+    folder = process.nearest_existing(os.path.dirname(os.path.abspath(path)))
     if os.path.isdir(path) and not os.path.islink(path):
         raise UserError(f'{path} is a folder where {what} goes; move it away')
     if not os.path.isdir(folder):
@@ -718,8 +716,10 @@ def kept_arrays(path, what, valid, compute):
             print(f'warning: {path} is damaged ({type(error).__name__}); computing {what} again')
         else:
             kept = str(arrays.pop('arrays_sha1', ''))
+            as_written = False
             try:  # as written, every kept number finite (a NaN would hang the FID's square root), the caller's check
-                usable = kept == arrays_digest(arrays) and all(
+                as_written = kept == arrays_digest(arrays)
+                usable = as_written and all(
                     np.isfinite(array).all() for array in arrays.values()
                     if np.issubdtype(array.dtype, np.number)) and valid(arrays)
             except (KeyError, ValueError, TypeError, IndexError):
@@ -727,7 +727,7 @@ def kept_arrays(path, what, valid, compute):
             if usable:
                 print(f'{what} from {path}')
                 return arrays
-            changed = '' if kept == arrays_digest(arrays) else ' (its arrays changed since it was written)' \
+            changed = '' if as_written else ' (its arrays changed since it was written)' \
                 if kept else ' (written before kept arrays carried their digest)'
             print(f'warning: {path} does not hold {what} for this run{changed}; computing it again')
     arrays = compute()
