@@ -49,6 +49,15 @@ config_mnist_bernoulli = dict(
 # A 2-D latent space for the paper's Figure 4 manifold picture (python vae.py --dataset MNIST_2d).
 config_mnist_2d = dict(config_mnist, z_dim=2, run_directory='MNIST-2d')
 
+# Dai & Wipf 2019's first stage for the two-stage sampler (and the sharpest decoder for samples): a Gaussian decoder
+# with one learned variance gamma_x^2 on the grey levels; as it falls, the used latent dimensions' posteriors sharpen
+# and the rest close to the prior, so ex-post densities (vae_inference.py --sampler) fit the used ones.
+config_mnist_sharp = dict(
+    config_mnist_bernoulli, likelihood='gaussian_learned', decoder_variance='global', decoder_min_variance=1e-4,
+    binarize=False, z_dim=64, objective='elbo', train_samples=1, iwae_start_epoch=0, num_epoch=40,
+    learning_rate_decay=0.94, save_every=5, run_directory='MNIST-sharp',
+)
+
 # CelebA faces at 64x64 (the original's second experiment): python vae.py --dataset celebA
 config_celebA = dict(
     config_mnist,
@@ -65,6 +74,7 @@ configs = {
     'MNIST': config_mnist,
     'MNIST_bernoulli': config_mnist_bernoulli,
     'MNIST_2d': config_mnist_2d,
+    'MNIST_sharp': config_mnist_sharp,
     'celebA': config_celebA,
 }
 

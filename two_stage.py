@@ -4,12 +4,15 @@ land where the decoder saw none; the second stage learns where they are: u ~ N(0
 z = f(u) + gamma * noise, and z by the first stage's decoder (vae_inference.py --sampler two_stage).
 
     stage, loss = two_stage.fit(z_means, epochs, seed)  # {variable name: array}, the fitted second stage
+    stage, loss = two_stage.fit(z_means, epochs, seed, z_stds)  # fitted to samples of q(z|x), as published
     latents = two_stage.sample(stage, count, seed)      # [count, z_dim] first-stage latents
 
 The network is Dai & Wipf's second stage: encoder and decoder of DEPTH ReLU layers of WIDTH units, the input
 concatenated to the last hidden layer, and a learned decoder standard deviation gamma (one scalar, as in their code).
-It is fitted to the posterior means, as the gmm sampler's mixture is (Ghosh et al. 2020's ex-post density
-estimation), where Dai & Wipf fit samples of q(z|x): their first stage learns its decoder variance, which drives
+By default it is fitted to the posterior means, as the gmm sampler's mixture is (Ghosh et al. 2020's ex-post density
+estimation); given the posterior standard deviations too, it is fitted as Dai & Wipf fit it, to samples of q(z|x)
+drawn afresh every epoch (vae_inference.py --fit_to samples). Their first stage learns its decoder variance
+(the MNIST_sharp preset), which drives
 the posterior variances of the used dimensions towards 0, so samples and means nearly coincide there. Ours keep wide
 posteriors (the MNIST_bernoulli run's posterior standard deviations average 0.18-0.90 per dimension), whose samples
 fill N(0, I): fitted to them, the second stage stayed at the prior (gamma 0.96 and 45.5 nats, N(0, I)'s entropy, after
@@ -90,9 +93,10 @@ def weight_shapes(z_dim):
         return {v.op.name: tuple(v.shape.as_list()) for v in model_variables(graph)}
 
 
-def fit(latents, epochs, seed):
+def fit(latents, epochs, seed, stds=None):
     """The second stage fitted by Adam to [count, z_dim] latents for `epochs` epochs, with a progress bar;
-    returns its weights {variable name: array} and the mean of the last epoch's batch losses, in nats."""
+    returns its weights {variable name: array} and the mean of the last epoch's batch losses, in nats. With stds
+    (the latents' posterior standard deviations), each epoch fits latents + stds * fresh standard normal noise."""
     graph = tf.Graph()
     with graph.as_default():
         stage = build_second_stage(latents.shape[1], seed)
@@ -106,8 +110,10 @@ def fit(latents, epochs, seed):
         for epoch in bar:
             order = random.permutation(len(latents))
             rate = LEARNING_RATE * 0.5 ** (epoch // LEARNING_RATE_HALVING)
+            fitted = latents if stds is None else \
+                (latents + stds * random.standard_normal(latents.shape)).astype(np.float32)
             losses = [sess.run([stage.loss, stage.train_op],
-                               {stage.z: latents[order[i:i + BATCH_SIZE]], stage.learning_rate: rate})[0]
+                               {stage.z: fitted[order[i:i + BATCH_SIZE]], stage.learning_rate: rate})[0]
                       for i in range(0, len(latents), BATCH_SIZE)]
             loss = float(np.mean(losses))
             bar.set_postfix(loss=f'{loss:.3f}', gamma=f'{np.exp(sess.run(stage.log_gamma)):.4f}')

@@ -39,6 +39,8 @@ import hparams
 import process
 import run_folder
 import saved_model
+import flow
+import mixture
 import two_stage
 import vae
 from pictures import epoch_frames, image_grid, save_figure, save_gif, save_grid
@@ -423,16 +425,20 @@ def picture_path(config, name, epoch, settings=()):
 def picture_settings(config, options, shows):
     """The parts of a picture's name beyond its checkpoint. Pictures of test images (shows 'test'): n<N> when
     --num_test shows a subset. Samples (shows a sampler's name): seed<S> for another --seed than the run's, and for
-    a fitted sampler train<N> for another --num_train_images than the run's, and two_stage's e<N> for other epochs
-    than the default."""
+    a fitted sampler train<N> for another --num_train_images than the run's and 'samples' for --fit_to samples, and
+    its own flag's value when not the default (two_stage's and flow's e<epochs>, gmm's c<components>)."""
     if shows == 'test':
         return [f'n{options["num_test"]}'] if options['num_test'] else []
     saved = run_folder.read_run_config(config) or {}
     settings = [f'seed{config["seed"]}'] if config['seed'] != saved.get('seed', config['seed']) else []
     if shows != 'prior' and config['num_train_images'] != saved.get('num_train_images', config['num_train_images']):
         settings.append(f'train{config["num_train_images"]}')
-    if shows == 'two_stage' and options['two_stage_epochs'] != FLAGS['two_stage_epochs'][0]:
-        settings.append(f'e{options["two_stage_epochs"]}')
+    if shows != 'prior' and options['fit_to'] != FLAGS['fit_to'][0]:
+        settings.append(options['fit_to'])
+    for sampler, flag, mark in (('two_stage', 'two_stage_epochs', 'e'), ('flow', 'flow_epochs', 'e'),
+                                ('gmm', 'gmm_components', 'c')):
+        if shows == sampler and options[flag] != FLAGS[flag][0]:
+            settings.append(f'{mark}{options[flag]}')
     return settings
 
 
@@ -552,7 +558,7 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
     another --sampler than the prior): what a run looks like at this checkpoint."""
     sampler = options['sampler']
     samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, epoch, prefix, options,
-                                                      GRID_COLUMNS ** 2))
+                                                      GRID_COLUMNS ** 2)[0])
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
@@ -660,9 +666,10 @@ def export_run(config, epoch, folder):
 MAX_TWO_STAGE_EPOCHS = 10 ** 4  # the second stage's fit: Dai & Wipf train hundreds of epochs
 MAX_FID_SAMPLES = 10 ** 5  # generated images one FID may score: 16 KB of float64 features each, 1.6 GB at the bound
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
-GMM_COMPONENTS = 10  # Ghosh et al. 2020's ex-post density: a full-covariance mixture of the posterior means
-SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': f'a {GMM_COMPONENTS}-component GMM of the posterior means',
-                  'two_stage': 'a second-stage VAE of the posterior means'}
+MAX_FLOW_EPOCHS = 10 ** 4
+SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': 'a Gaussian mixture of the posterior means',
+                  'flow': 'a RealNVP flow of the posterior means', 'two_stage': 'a second-stage VAE of the posterior means'}
+FITTED_SAMPLERS = {'gmm': mixture, 'flow': flow, 'two_stage': two_stage}  # module: its fit, sample and what it keeps
 
 
 def inception_pixels(images, config):
@@ -756,14 +763,8 @@ def test_statistics(config, extract, images):
     return saved['mu'], saved['sigma']
 
 
-def fit_latent_mixture(z_means, seed):
-    """Ghosh et al. 2020's ex-post density estimation: a GMM_COMPONENTS full-covariance Gaussian mixture fitted to
-    the training set's posterior means."""
-    from sklearn.mixture import GaussianMixture
-    return GaussianMixture(GMM_COMPONENTS, covariance_type='full', random_state=seed).fit(z_means)
-
-
-SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means gmm and two_stage are fitted to (all of MNIST's)
+SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means the fitted samplers use (all of MNIST's)
+HELD_OUT = 0.1  # their last tenth scores gmm's and flow's densities (the mixture's size, the flow's best epoch)
 
 
 def training_images(config, data, count):
@@ -775,10 +776,26 @@ def training_images(config, data, count):
     return datasets.evaluation_images(config, train)
 
 
-def training_posterior_means(sess, outputs, config, data):
-    """The posterior means of the first SAMPLER_FIT_IMAGES training images: what the gmm and two_stage samplers
-    are fitted to."""
-    return vae.run_in_batches(sess, outputs.z_mean, outputs.images, training_images(config, data, SAMPLER_FIT_IMAGES))
+def training_posteriors(sess, outputs, config, data):
+    """[means, standard deviations] of q(z|x) of the first SAMPLER_FIT_IMAGES training images: what the fitted
+    samplers fit (the means, or with --fit_to samples, draws of both)."""
+    return vae.run_in_batches(sess, [outputs.z_mean, outputs.z_std], outputs.images,
+                              training_images(config, data, SAMPLER_FIT_IMAGES))
+
+
+def held_out_split(latents):
+    """(fit, held out): the last HELD_OUT of the latents (at least one) are held out."""
+    held = max(1, int(round(len(latents) * HELD_OUT)))
+    return latents[:-held], latents[-held:]
+
+
+def posterior_draw(z_means, z_stds, seed):
+    """One seeded sample of q(z|x) per image."""
+    return (z_means + z_stds * np.random.RandomState(seed).standard_normal(z_means.shape)).astype(np.float32)
+
+
+def fit_digest(*how):
+    return f'fit_{hashlib.sha1(repr(how).encode()).hexdigest()[:8]}'
 
 
 def sampler_settings(config, options, data):
@@ -794,51 +811,112 @@ def sampler_settings(config, options, data):
         paths = [str(path) for path in data['train'][:fitted]]
         datasets.check_celeba_files(paths)  # inference lists the training files unchecked: a bad one, by name
         fitted = (fitted, datasets.files_digest(paths))
-    if options['sampler'] == 'gmm':
-        return [seed, f'fit_{hashlib.sha1(repr((GMM_COMPONENTS, fitted)).encode()).hexdigest()[:8]}']
-    fitting = hashlib.sha1(repr((two_stage.FIT_SETTINGS, fitted)).encode()).hexdigest()[:8]
-    return [f'e{options["two_stage_epochs"]}', seed, f'fit_{fitting}']
+    fitting = () if options['fit_to'] == 'means' else ('samples',)  # the means: keyed as they always were
+    if options['sampler'] == 'gmm':  # a fixed size is keyed as the 10-component mixture always was
+        size = options['gmm_components']
+        how = (size, *fitting, fitted) if size else \
+            ('held-out', mixture.SIZES, mixture.MAX_ITERATIONS, HELD_OUT, *fitting, fitted)
+        return [seed, fit_digest(*how)]
+    if options['sampler'] == 'flow':
+        return [f'e{options["flow_epochs"]}', seed, fit_digest(flow.FIT_SETTINGS, HELD_OUT, *fitting, fitted)]
+    return [f'e{options["two_stage_epochs"]}', seed, fit_digest(two_stage.FIT_SETTINGS, *fitting, fitted)]
 
 
-def second_stage(sess, outputs, config, data, epoch, weights, options):
-    """The two-stage sampler's second VAE (two_stage.py) for this checkpoint, fitted to the posterior means of its
-    training images and kept in the run folder (two_stage/model_<N>-<sampler_settings>-weights_<digest>.npz):
-    later calls read it back instead of fitting it again."""
+def check_fit_images(config, options, count):
+    """Refuses, in one line, a fitted sampler with too few training latents to fit (before anything is written)."""
+    sampler, least = options['sampler'], 2
+    if sampler == 'gmm':
+        least = options['gmm_components'] or mixture.SIZES[0]
+        least += max(1, int(round(least * HELD_OUT / (1 - HELD_OUT))))  # the fit's and the held-out latents
+    if count < least:
+        raise UserError(f'the {sampler} sampler needs {least} training posterior means '
+                        f'{"(a component each, and the held-out tenth) " if sampler == "gmm" else ""}and this run '
+                        f'has {count} training images; fit it to more with --num_train_images 0 (the whole training '
+                        'set: the fit\'s images, not the model\'s), or use --sampler prior')
+
+
+def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
+    """The density of a fitted --sampler (mixture.py, flow.py, two_stage.py) for this checkpoint, fitted to the
+    posterior means of its training images and kept in the run folder (<sampler>/model_<N>-<sampler_settings>-
+    weights_<digest>.npz): later calls read it back instead of fitting it again. gmm and flow are scored on the
+    held-out tenth of the latents (their arrays keep it); the second stage is fitted to all of them."""
+    sampler = options['sampler']
+    check_fit_images(config, options, min(len(data['train']), SAMPLER_FIT_IMAGES))
     name = '-'.join([f'model_{epoch}', *sampler_settings(config, options, data), f'weights_{weights[:10]}'])
-    shapes = two_stage.weight_shapes(config['z_dim'])
+    z_dim = config['z_dim']
 
-    def valid(stage):
-        return {name: value.shape for name, value in stage.items()} == shapes and \
-            all(np.issubdtype(value.dtype, np.floating) and np.all(np.isfinite(value)) for value in stage.values())
+    def valid(arrays):
+        if sampler == 'gmm':
+            size = len(arrays['weights'])
+            return (arrays['means'].shape, arrays['covariances'].shape) == ((size, z_dim), (size, z_dim, z_dim)) \
+                and size in list(arrays['sizes']) and (size == options['gmm_components'] or not
+                                                         options['gmm_components'])
+        shapes = FITTED_SAMPLERS[sampler].weight_shapes(z_dim)
+        return {name: value.shape for name, value in arrays.items() if name in shapes} == shapes and \
+            all(np.issubdtype(arrays[name].dtype, np.floating) for name in shapes)
 
     def fit():
-        stage, loss = two_stage.fit(training_posterior_means(sess, outputs, config, data),
-                                    options['two_stage_epochs'], config['seed'])
-        if not valid(stage):
-            raise UserError(f'the second stage became non-finite in fitting (last loss {loss}); nothing was kept')
-        print(f'fitted the second stage for {options["two_stage_epochs"]} epochs: last epoch\'s loss {loss:.3f} '
-              f'nats, gamma {np.exp(stage["log_gamma"]):.4f}')
-        return stage
-    return kept_arrays(os.path.join(config['run_directory'], 'two_stage', f'{name}.npz'), 'the second stage',
-                       valid, fit)
+        z_means, z_stds = training_posteriors(sess, outputs, config, data)
+        samples = options['fit_to'] == 'samples'
+        if sampler == 'gmm':  # with samples: one draw of q(z|x) of each image
+            latents = posterior_draw(z_means, z_stds, config['seed']) if samples else z_means
+            arrays = mixture.fit(*held_out_split(latents), options['gmm_components'], config['seed'])
+            print(f'fitted a {mixture.components(arrays)}-component Gaussian mixture to {len(z_means)} training '
+                  'posterior means')
+        elif sampler == 'flow':
+            (train, held_out), (train_stds, held_out_stds) = held_out_split(z_means), held_out_split(z_stds)
+            if samples:  # a fresh draw of the fit's posteriors each epoch, one seeded draw of the held-out ones
+                held_out = posterior_draw(held_out, held_out_stds, config['seed'])
+            arrays, best = flow.fit(train, held_out, options['flow_epochs'], config['seed'],
+                                    train_stds if samples else None)
+            if arrays is None:
+                raise UserError('the flow became non-finite in its first epoch; nothing was kept')
+            print(f'fitted the flow for {options["flow_epochs"]} epochs: the best held-out epoch {best["epoch"]}, '
+                  f'train log-likelihood {best["train_log_likelihood"]:.3f} nats')
+            arrays['held_out_log_likelihood'] = np.array(best['held_out_log_likelihood'])
+        else:
+            arrays, loss = two_stage.fit(z_means, options['two_stage_epochs'], config['seed'],
+                                         z_stds if samples else None)
+            if not all(np.all(np.isfinite(value)) for value in arrays.values()):
+                raise UserError(f'the second stage became non-finite in fitting (last loss {loss}); nothing was kept')
+            print(f'fitted the second stage for {options["two_stage_epochs"]} epochs: last epoch\'s loss {loss:.3f} '
+                  f'nats, gamma {np.exp(arrays["log_gamma"]):.4f}')
+        return arrays
+    what = {'gmm': 'the Gaussian mixture', 'flow': 'the flow', 'two_stage': 'the second stage'}[sampler]
+    arrays = kept_arrays(os.path.join(config['run_directory'], sampler, f'{name}.npz'), what, valid, fit)
+    held_out = held_out_log_likelihood(sampler, arrays)
+    if held_out is not None:
+        print(f'held-out log-likelihood of the training posterior means under {what}: {held_out:.3f} nats')
+    return arrays
+
+
+def held_out_log_likelihood(sampler, arrays):
+    """The mean log-likelihood of the held-out training posterior means under a fitted density, in nats (None
+    for the second stage, fitted to all of them)."""
+    if sampler == 'gmm':
+        return mixture.held_out_log_likelihood(arrays)
+    return float(arrays['held_out_log_likelihood']) if sampler == 'flow' else None
+
+
+def fit_facts(sampler, arrays, options):
+    """What a fitted sampler's FID record says of its fit."""
+    if sampler == 'gmm':
+        return {'fit_to': options['fit_to'], 'gmm_components': mixture.components(arrays),
+                'held_out_log_likelihood': held_out_log_likelihood(sampler, arrays)}
+    if sampler == 'flow':
+        return {'fit_to': options['fit_to'], 'flow_epochs': options['flow_epochs'],
+                'held_out_log_likelihood': held_out_log_likelihood(sampler, arrays)}
+    return {'fit_to': options['fit_to'], 'two_stage_epochs': options['two_stage_epochs']}
 
 
 def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
-    """count latents to decode, seeded by the run's seed: --sampler 'prior' N(0, I), 'gmm' draws of the mixture
-    fitted to the training set's posterior means, or 'two_stage' draws of the second-stage VAE."""
-    sampler = options['sampler']
-    if sampler == 'prior':
-        return vae.fixed_latents(config, count)
-    if sampler == 'two_stage':
-        stage = second_stage(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
-        return two_stage.sample(stage, count, config['seed'])
-    z_means = training_posterior_means(sess, outputs, config, data)
-    if len(z_means) < GMM_COMPONENTS:
-        raise UserError(f'the gmm sampler fits {GMM_COMPONENTS} components to the training posterior means, and this '
-                        f'run has {len(z_means)} training images; fit it to more with --num_train_images 0 (the '
-                        'whole training set: the fit\'s images, not the model\'s), or use --sampler prior')
-    print(f'fitted a {GMM_COMPONENTS}-component Gaussian mixture to {len(z_means)} training posterior means')
-    return fit_latent_mixture(z_means, config['seed']).sample(count)[0].astype(np.float32)
+    """count latents to decode, seeded by the run's seed: --sampler 'prior' N(0, I), or draws of the density
+    fitted to the training set's posterior means (fitted_sampler); and what the FID record says of the fit."""
+    if options['sampler'] == 'prior':
+        return vae.fixed_latents(config, count), {}
+    arrays = fitted_sampler(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
+    return (FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed']),
+            fit_facts(options['sampler'], arrays, options))
 
 
 def write_fid(sess, outputs, config, data, epoch, prefix, options):
@@ -859,7 +937,8 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
                                        'count': counts[source], 'test_images': len(test_images)}, ('fid',))
             for source, path in paths.items()}
     # The latents are drawn before any record is written (a refused sampler writes nothing), unless already scored.
-    latents = None if kept[sampler] else sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
+    latents, facts = (None, {}) if kept[sampler] else \
+        sampler_latents(sess, outputs, config, data, epoch, prefix, options, samples)
     seen = datasets.evaluation_images(config, test_images)  # what the model encodes (binarised for bernoulli)
     scored = {'reconstructions': (len(test_images), lambda start, stop: reconstruct(sess, outputs, seen[start:stop])),
               sampler: (samples, lambda start, stop: generate(sess, outputs, latents[start:stop]))}
@@ -875,7 +954,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
         print(f'FID of {count} {source} against {len(test_images)} test images: {score:.2f}')
         write_record(path, {'checkpoint': f'model_{epoch}', 'weights_sha1': weights, 'fid': score, 'scored': source,
                             'count': count, 'test_images': len(test_images),
-                            **({'two_stage_epochs': options['two_stage_epochs']} if source == 'two_stage' else {}),
+                            **(facts if source == sampler else {}),
                             'decoded': 'pixel probabilities' if config['likelihood'] == 'bernoulli' else 'the mean',
                             'inception': f'{fid.WEIGHTS_REQUIREMENT} {fid.WEIGHTS_MEMBER} ({fid.WEIGHTS_SHA1})'})
         hparams.write_metrics(config, epoch, prefix, {f'fid/{source}': score})
@@ -901,12 +980,19 @@ FLAGS = {
     'fid': (None, 'sample quality: the FID of the test set\'s reconstructions and of --fid_samples decodes of '
                   '--sampler, against the test images (Inception-v3 2015-12-05 pool_3) -> records in evaluations/'),
     'fid_samples': (10000, 'samples decoded for --fid'),
-    'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), 'gmm' a "
-                         "10-component Gaussian mixture fitted to the training posterior means, or 'two_stage' "
-                         "Dai & Wipf's second VAE fitted to the training posterior means (the grid is then "
-                         'generations_<sampler>_model_<N>.png)'),
+    'sampler': ('prior', "the latents of --fid and of the generations grid: 'prior' N(0, I), or a density fitted "
+                         "to the training posterior means and kept in the run folder's <sampler>/: 'gmm' a Gaussian "
+                         "mixture (--gmm_components), 'flow' a RealNVP flow (--flow_epochs), 'two_stage' Dai & "
+                         "Wipf's second VAE (--two_stage_epochs); the grid is then "
+                         'generations_<sampler>_model_<N>.png'),
+    'gmm_components': (0, "the gmm sampler's components; 0 = the size of 10, 20, 50, 100, 200 whose fit to nine "
+                          'tenths of the posterior means scores the held-out tenth best (Ghosh et al. 2020: 10)'),
+    'flow_epochs': (50, "epochs the flow sampler's RealNVP is fitted for (the epoch scoring the held-out tenth of "
+                        'the posterior means best is kept)'),
     'two_stage_epochs': (40, "epochs the two_stage sampler's second VAE is fitted for (once per checkpoint: it is "
                              'kept in the run folder\'s two_stage/)'),
+    'fit_to': ('means', "what gmm, flow and two_stage fit: the training posterior 'means' (Ghosh et al.), or "
+                        "'samples' of q(z|x) (Dai & Wipf; flow and two_stage draw afresh each epoch, gmm once)"),
     'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
@@ -939,6 +1025,14 @@ def main(argv):
     if not 1 <= options['two_stage_epochs'] <= MAX_TWO_STAGE_EPOCHS:
         raise UserError(f'--two_stage_epochs must be in 1..{MAX_TWO_STAGE_EPOCHS:,} (the default: 40), got '
                         f'{options["two_stage_epochs"]}')
+    if options['fit_to'] not in ('means', 'samples'):
+        raise UserError(f"--fit_to must be 'means' or 'samples', got {options['fit_to']!r}")
+    if not 1 <= options['flow_epochs'] <= MAX_FLOW_EPOCHS:
+        raise UserError(f'--flow_epochs must be in 1..{MAX_FLOW_EPOCHS:,} (the default: 50), got '
+                        f'{options["flow_epochs"]}')
+    if not 0 <= options['gmm_components'] <= SAMPLER_FIT_IMAGES:
+        raise UserError(f'--gmm_components must be 0 (sized by the held-out likelihood) or a count of components up '
+                        f'to {SAMPLER_FIT_IMAGES:,}, got {options["gmm_components"]}')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
     destinations = [name for name in ('saved_model', 'export') if options[name]]

@@ -289,8 +289,19 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(trained, tmp_path)
     assert result.stdout.count('holds this FID') == 2
     # The gmm sampler draws the generations grid too, under its own name.
     result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10')
-    assert result.returncode == 0 and 'Gaussian mixture to 640 training posterior means' in result.stdout, result.stderr
+    assert result.returncode == 0 and 'component Gaussian mixture to 640 training posterior means' in result.stdout
+    assert 'held-out log-likelihood of the training posterior means under the Gaussian mixture' in result.stdout
     assert (run / 'generations_gmm_model_1.png').exists() and not (run / 'generations_model_1.png').exists()
+    [kept] = (run / 'gmm').iterdir()  # the mixture is kept, and read back by the FID
+    result = run_script('vae_inference.py', *args, '--sampler', 'gmm')
+    assert result.returncode == 0 and f'the Gaussian mixture from {kept}' in result.stdout, result.stdout
+    record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'gmm')
+    assert record['held_out_log_likelihood'] == float(np.max(np.load(kept)['held_out_log_likelihoods']))
+    # Fitted to samples of q(z|x), with a size of its own: another fit, kept and named apart.
+    result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10',
+                        '--fit_to', 'samples', '--gmm_components', '10')
+    assert result.returncode == 0 and 'fitted a 10-component Gaussian mixture to 640' in result.stdout, result.stdout
+    assert len(list((run / 'gmm').iterdir())) == 2 and (run / 'generations_gmm_model_1-samples-c10.png').exists()
     # The two_stage sampler: its second stage is fitted once, kept in the run folder and read back; its FID is
     # keyed by the second stage's epochs, and the reconstructions' FID is found again.
     result = run_script('vae_inference.py', *args, '--sampler', 'two_stage', '--two_stage_epochs', '2')
@@ -307,6 +318,21 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(trained, tmp_path)
     result = run_script('vae_inference.py', *grid)
     assert result.returncode == 0 and 'is damaged' in result.stdout and f'wrote {kept}' in result.stdout
     assert np.load(kept)['log_gamma'].shape == ()
+    # The flow sampler: kept and read back the same way, its held-out log-likelihood in its FID record.
+    result = run_script('vae_inference.py', *args, '--sampler', 'flow', '--flow_epochs', '2')
+    assert result.returncode == 0 and 'fitted the flow for 2 epochs' in result.stdout, result.stderr
+    [kept] = (run / 'flow').iterdir()
+    assert kept.name.startswith('model_1-e2-seed0-fit_')
+    record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'flow')
+    assert (record['count'], record['flow_epochs']) == (12, 2) and np.isfinite(record['fid'])
+    assert record['held_out_log_likelihood'] == float(np.load(kept)['held_out_log_likelihood'])
+    grid = ['--run_directory', run, '--sampler', 'flow', '--flow_epochs', '2', '--num_test', '10']
+    kept.write_bytes(kept.read_bytes()[:100])
+    result = run_script('vae_inference.py', *grid)
+    assert result.returncode == 0 and 'is damaged' in result.stdout and f'wrote {kept}' in result.stdout
+    result = run_script('vae_inference.py', *grid)
+    assert result.returncode == 0 and f'the flow from {kept}' in result.stdout, result.stderr
+    assert (run / 'generations_flow_model_1-e2.png').exists()
 
 
 def test_the_test_statistics_are_cached_by_image_set(tmp_path, monkeypatch):
@@ -381,22 +407,6 @@ def test_a_samplers_fid_is_keyed_by_its_seed_and_what_it_was_fitted_to(trained, 
     assert len({r['fid'] for r in records if r['scored'] == 'prior'}) == 2  # other draws, another number
 
 
-def test_the_gmm_sampler_draws_from_the_fitted_mixture():
-    import vae_inference
-    rng = np.random.RandomState(0)
-    centres = rng.normal(0, 5, (10, 3))
-    z_means = np.concatenate([centre + rng.normal(0, 0.3, (400, 3)) for centre in centres])
-    mixture = vae_inference.fit_latent_mixture(z_means, seed=0)
-    assert mixture.n_components == 10 and mixture.covariance_type == 'full'
-    draws = mixture.sample(20000)[0]
-    mean = mixture.weights_ @ mixture.means_
-    second = sum(w * (c + np.outer(m, m)) for w, m, c in zip(mixture.weights_, mixture.means_, mixture.covariances_))
-    assert np.allclose(draws.mean(axis=0), mean, atol=0.1)
-    assert np.allclose(np.cov(draws, rowvar=False), second - np.outer(mean, mean), rtol=0.05, atol=0.1)
-    # every draw is near one of the data's clusters, not between them
-    assert np.min(np.linalg.norm(draws[:, None] - centres[None], axis=2), axis=1).max() < 3
-
-
 def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
     import two_stage
     monkeypatch.setattr(two_stage, 'WIDTH', 64)  # a narrower second stage and a constant step: enough steps on
@@ -415,6 +425,22 @@ def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
     assert np.allclose(draws.std(axis=0)[[0, 2]], latents.std(axis=0)[[0, 2]], rtol=0.15)
 
 
+def test_the_two_stage_sampler_fitted_to_samples_draws_their_spread(monkeypatch):
+    # Dai & Wipf fit samples of q(z|x), redrawn each epoch: the draws take the posteriors' spread, the means' do not.
+    import two_stage
+    monkeypatch.setattr(two_stage, 'WIDTH', 64)
+    monkeypatch.setattr(two_stage, 'LEARNING_RATE_HALVING', 1000)
+    rng = np.random.RandomState(0)
+    centres = np.array([[2.0, 0.0, 1.0], [-2.0, 0.0, -1.0]])
+    means = (centres[rng.randint(2, size=4000)] + rng.normal(0, 0.1, (4000, 3))).astype(np.float32)
+    stds = np.full_like(means, 0.5)
+    spread = {}
+    for fitted_to, given in (('means', None), ('samples', stds)):
+        stage, loss = two_stage.fit(means, 40, 0, given)
+        spread[fitted_to] = two_stage.sample(stage, 5000, seed=1)[:, 1].std()  # the dimension the centres share
+    assert spread['means'] < 0.35 and 0.45 < spread['samples'] < 0.6, spread
+
+
 def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one_line_and_writes_nothing(tmp_path):
     from conftest import TINY, assert_refused, run_script, snapshot
     run = tmp_path / 'run'
@@ -423,7 +449,10 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
     before = snapshot(run)
     assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
                    'and this run has 8 training images; fit it to more with --num_train_images 0')
-    for flags, message in ((['--sampler', 'vamp'], "--sampler must be one of prior, gmm, two_stage (got 'vamp')"),
+    for flags, message in ((['--sampler', 'vamp'], "--sampler must be one of prior, gmm, flow, two_stage (got 'vamp')"),
+                           (['--sampler', 'gmm', '--gmm_components', '-1'], '--gmm_components must be 0 (sized by'),
+                           (['--sampler', 'flow', '--flow_epochs', '0'], '--flow_epochs must be in 1..10,000'),
+                           (['--sampler', 'flow', '--fit_to', 'modes'], "--fit_to must be 'means' or 'samples'"),
                            (['--sampler', 'two_stage', '--two_stage_epochs', '0'],
                             '--two_stage_epochs must be in 1..10,000 (the default: 40), got 0'),
                            (['--sampler', 'two_stage', '--two_stage_epochs', '1000000000'],  # 3 years of fitting
@@ -433,7 +462,7 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
     # The fix the refusal gives works: the mixture fitted to the whole training set, the model as it is.
     result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10',
                         '--num_train_images', '0')
-    assert result.returncode == 0 and 'fitted a 10-component Gaussian mixture to 60000' in result.stdout, result.stderr
+    assert result.returncode == 0 and 'component Gaussian mixture to 60000' in result.stdout, result.stderr
     # A file where the second stage's folder goes is refused before the fit, and left as it was.
     (run / 'two_stage').write_text('mine')
     before = snapshot(run)
