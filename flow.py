@@ -118,7 +118,9 @@ def fit(train, held_out, epochs, seed, stds=None):
     with graph.as_default():
         flow = build_flow(train.shape[1], seed)
         initialize = tf1.global_variables_initializer()
-        mean, std = train.mean(0), np.maximum(train.std(0), 1e-6)
+        # the spread of what is fitted: with stds, the means' and the posteriors' own
+        mean = train.mean(0)
+        std = np.maximum(np.sqrt(train.var(0) + (0 if stds is None else np.mean(np.square(stds), 0))), 1e-6)
         standardise = [variable.assign(value.astype(np.float32))
                        for variable, value in zip(flow.standardise, (mean, np.log(std)))]
     graph.finalize()

@@ -564,7 +564,8 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
     write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
                f'epoch {epoch}: test / reconstruction', picture_settings(config, options, 'test'))
     write_grid(config, 'generations' if sampler == 'prior' else f'generations_{sampler}', epoch, samples,
-               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}',
+               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
+               + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}'),
                picture_settings(config, options, sampler))
 
 
@@ -667,8 +668,8 @@ MAX_TWO_STAGE_EPOCHS = 10 ** 4  # the second stage's fit: Dai & Wipf train hundr
 MAX_FID_SAMPLES = 10 ** 5  # generated images one FID may score: 16 KB of float64 features each, 1.6 GB at the bound
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 MAX_FLOW_EPOCHS = 10 ** 4
-SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': 'a Gaussian mixture of the posterior means',
-                  'flow': 'a RealNVP flow of the posterior means', 'two_stage': 'a second-stage VAE of the posterior means'}
+SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': 'a Gaussian mixture', 'flow': 'a RealNVP flow',
+                  'two_stage': 'a second-stage VAE'}  # of the LATENTS_ARE of --fit_to
 FITTED_SAMPLERS = {'gmm': mixture, 'flow': flow, 'two_stage': two_stage}  # module: its fit, sample and what it keeps
 
 
@@ -765,6 +766,8 @@ def test_statistics(config, extract, images):
 
 SAMPLER_FIT_IMAGES = 60000  # training images whose posterior means the fitted samplers use (all of MNIST's)
 HELD_OUT = 0.1  # their last tenth scores gmm's and flow's densities (the mixture's size, the flow's best epoch)
+MAX_GMM_COMPONENTS = SAMPLER_FIT_IMAGES - round(SAMPLER_FIT_IMAGES * HELD_OUT)  # one latent each, in the fit's part
+LATENTS_ARE = {'means': 'training posterior means', 'samples': 'samples of the training posteriors'}  # --fit_to
 
 
 def training_images(config, data, count):
@@ -837,23 +840,27 @@ def check_fit_images(config, options, count):
 
 def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
     """The density of a fitted --sampler (mixture.py, flow.py, two_stage.py) for this checkpoint, fitted to the
-    posterior means of its training images and kept in the run folder (<sampler>/model_<N>-<sampler_settings>-
+    posterior means of its training images (or samples of their posteriors, --fit_to samples) and kept in the run folder (<sampler>/model_<N>-<sampler_settings>-
     weights_<digest>.npz): later calls read it back instead of fitting it again. gmm and flow are scored on the
     held-out tenth of the latents (their arrays keep it); the second stage is fitted to all of them."""
     sampler = options['sampler']
     check_fit_images(config, options, min(len(data['train']), SAMPLER_FIT_IMAGES))
     name = '-'.join([f'model_{epoch}', *sampler_settings(config, options, data), f'weights_{weights[:10]}'])
-    z_dim = config['z_dim']
+    z_dim, latents_are = config['z_dim'], LATENTS_ARE[options['fit_to']]
 
-    def valid(arrays):
+    def valid(arrays):  # (kept_arrays counts a KeyError, IndexError or ValueError raised here as invalid too)
         if sampler == 'gmm':
             size = len(arrays['weights'])
-            return (arrays['means'].shape, arrays['covariances'].shape) == ((size, z_dim), (size, z_dim, z_dim)) \
-                and size in list(arrays['sizes']) and (size == options['gmm_components'] or not
-                                                         options['gmm_components'])
+            mixture.as_mixture(arrays, 0)  # each covariance positive definite
+            return (arrays['weights'].shape, arrays['means'].shape, arrays['covariances'].shape) == \
+                ((size,), (size, z_dim), (size, z_dim, z_dim)) and \
+                arrays['sizes'].shape == arrays['held_out_log_likelihoods'].shape == (len(arrays['sizes']),) and \
+                np.isfinite(mixture.held_out_log_likelihood(arrays)) and \
+                size == (options['gmm_components'] or size)
         shapes = FITTED_SAMPLERS[sampler].weight_shapes(z_dim)
         return {name: value.shape for name, value in arrays.items() if name in shapes} == shapes and \
-            all(np.issubdtype(arrays[name].dtype, np.floating) for name in shapes)
+            all(np.issubdtype(arrays[name].dtype, np.floating) for name in shapes) and \
+            (sampler != 'flow' or arrays['held_out_log_likelihood'].shape == ())
 
     def fit():
         z_means, z_stds = training_posteriors(sess, outputs, config, data)
@@ -861,8 +868,8 @@ def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
         if sampler == 'gmm':  # with samples: one draw of q(z|x) of each image
             latents = posterior_draw(z_means, z_stds, config['seed']) if samples else z_means
             arrays = mixture.fit(*held_out_split(latents), options['gmm_components'], config['seed'])
-            print(f'fitted a {mixture.components(arrays)}-component Gaussian mixture to {len(z_means)} training '
-                  'posterior means')
+            print(f'fitted a {mixture.components(arrays)}-component Gaussian mixture to {len(z_means)} '
+                  f'{latents_are}')
         elif sampler == 'flow':
             (train, held_out), (train_stds, held_out_stds) = held_out_split(z_means), held_out_split(z_stds)
             if samples:  # a fresh draw of the fit's posteriors each epoch, one seeded draw of the held-out ones
@@ -870,7 +877,7 @@ def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
             arrays, best = flow.fit(train, held_out, options['flow_epochs'], config['seed'],
                                     train_stds if samples else None)
             if arrays is None:
-                raise UserError('the flow became non-finite in its first epoch; nothing was kept')
+                raise UserError('no epoch of the flow scored the held-out latents finitely; nothing was kept')
             print(f'fitted the flow for {options["flow_epochs"]} epochs: the best held-out epoch {best["epoch"]}, '
                   f'train log-likelihood {best["train_log_likelihood"]:.3f} nats')
             arrays['held_out_log_likelihood'] = np.array(best['held_out_log_likelihood'])
@@ -886,7 +893,7 @@ def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
     arrays = kept_arrays(os.path.join(config['run_directory'], sampler, f'{name}.npz'), what, valid, fit)
     held_out = held_out_log_likelihood(sampler, arrays)
     if held_out is not None:
-        print(f'held-out log-likelihood of the training posterior means under {what}: {held_out:.3f} nats')
+        print(f'held-out log-likelihood of the {latents_are} under {what}: {held_out:.3f} nats')
     return arrays
 
 
@@ -1030,9 +1037,9 @@ def main(argv):
     if not 1 <= options['flow_epochs'] <= MAX_FLOW_EPOCHS:
         raise UserError(f'--flow_epochs must be in 1..{MAX_FLOW_EPOCHS:,} (the default: 50), got '
                         f'{options["flow_epochs"]}')
-    if not 0 <= options['gmm_components'] <= SAMPLER_FIT_IMAGES:
+    if not 0 <= options['gmm_components'] <= MAX_GMM_COMPONENTS:
         raise UserError(f'--gmm_components must be 0 (sized by the held-out likelihood) or a count of components up '
-                        f'to {SAMPLER_FIT_IMAGES:,}, got {options["gmm_components"]}')
+                        f'to {MAX_GMM_COMPONENTS:,} (one latent each), got {options["gmm_components"]}')
     pictures = [name for name in ('evaluate', 'fid', 'interpolate', 'traverse', 'manifold', 'scatter', 'curves',
                                   'projector') if options[name]]
     destinations = [name for name in ('saved_model', 'export') if options[name]]

@@ -297,6 +297,13 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(trained, tmp_path)
     assert result.returncode == 0 and f'the Gaussian mixture from {kept}' in result.stdout, result.stdout
     record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'gmm')
     assert record['held_out_log_likelihood'] == float(np.max(np.load(kept)['held_out_log_likelihoods']))
+    # A kept mixture as written (its digest matches) whose covariance is not positive definite is fitted again.
+    arrays = {name: value for name, value in np.load(kept).items() if name != 'arrays_sha1'}
+    arrays['covariances'][0] = -np.eye(arrays['covariances'].shape[1])
+    np.savez(kept, arrays_sha1=np.array(vae_inference.arrays_digest(arrays)), **arrays)
+    result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10')
+    assert result.returncode == 0 and 'does not hold the Gaussian mixture' in result.stdout, result.stdout
+    assert np.all(np.linalg.eigvalsh(np.load(kept)['covariances']) > 0)
     # Fitted to samples of q(z|x), with a size of its own: another fit, kept and named apart.
     result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10',
                         '--fit_to', 'samples', '--gmm_components', '10')
@@ -447,10 +454,15 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
     assert run_script('vae.py', *TINY, '--batch_size', '4', '--num_train_images', '8', '--num_epoch', '1',
                       '--run_directory', run).returncode == 0
     before = snapshot(run)
-    assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10'),
+    gmm = ['--sampler', 'gmm', '--gmm_components', '10', '--num_test', '10']  # 10 fitted, 1 held out at least
+    assert_refused(run_script('vae_inference.py', '--run_directory', run, *gmm),
+                   'the gmm sampler needs 11 training posterior means (a component each, and the held-out tenth) '
                    'and this run has 8 training images; fit it to more with --num_train_images 0')
+    assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'flow', '--num_train_images',
+                              '1'), 'the flow sampler needs 2 training posterior means and this run has 1')
     for flags, message in ((['--sampler', 'vamp'], "--sampler must be one of prior, gmm, flow, two_stage (got 'vamp')"),
                            (['--sampler', 'gmm', '--gmm_components', '-1'], '--gmm_components must be 0 (sized by'),
+                           (['--sampler', 'gmm', '--gmm_components', '54001'], 'components up to 54,000 (one latent'),
                            (['--sampler', 'flow', '--flow_epochs', '0'], '--flow_epochs must be in 1..10,000'),
                            (['--sampler', 'flow', '--fit_to', 'modes'], "--fit_to must be 'means' or 'samples'"),
                            (['--sampler', 'two_stage', '--two_stage_epochs', '0'],
@@ -460,9 +472,8 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
         assert_refused(run_script('vae_inference.py', '--run_directory', run, *flags), message)
     assert snapshot(run) == before
     # The fix the refusal gives works: the mixture fitted to the whole training set, the model as it is.
-    result = run_script('vae_inference.py', '--run_directory', run, '--sampler', 'gmm', '--num_test', '10',
-                        '--num_train_images', '0')
-    assert result.returncode == 0 and 'component Gaussian mixture to 60000' in result.stdout, result.stderr
+    result = run_script('vae_inference.py', '--run_directory', run, *gmm, '--num_train_images', '0')
+    assert result.returncode == 0 and 'fitted a 10-component Gaussian mixture to 60000' in result.stdout, result.stderr
     # A file where the second stage's folder goes is refused before the fit, and left as it was.
     (run / 'two_stage').write_text('mine')
     before = snapshot(run)
