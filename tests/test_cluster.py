@@ -24,6 +24,7 @@ from process import UserError
 tf1 = tf.compat.v1
 
 
+@pytest.mark.slow  # trains for 7-11 s: the fast tier stays under 3 minutes
 def test_two_towers_train_like_one_and_restore_on_one_device(tmp_path, mnist):
     data = subset(mnist, 6400)  # one epoch of 100 steps of 64 images
     one = vae.train(tiny_config(tmp_path / 'one', '--num_epoch', '1'), data)

@@ -432,6 +432,7 @@ def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
     assert np.allclose(draws.std(axis=0)[[0, 2]], latents.std(axis=0)[[0, 2]], rtol=0.15)
 
 
+@pytest.mark.slow  # two fits of a second stage: 4 s
 def test_the_two_stage_sampler_fitted_to_samples_draws_their_spread(monkeypatch):
     # Dai & Wipf fit samples of q(z|x), redrawn each epoch: the draws take the posteriors' spread, the means' do not.
     import two_stage

@@ -90,6 +90,7 @@ def test_restored_checkpoint_reproduces_reconstructions_bit_for_bit(tmp_path, mn
     assert not np.allclose(before, before.mean())  # a real reconstruction, not a constant image
 
 
+@pytest.mark.slow  # trains for 7-11 s: the fast tier stays under 3 minutes
 def test_same_seed_gives_the_same_first_epoch_loss(tmp_path, mnist):
     data = subset(mnist, 1280)
     first = vae.train(tiny_config(tmp_path / 'a', '--num_epoch', '1'), data)

@@ -66,6 +66,7 @@ def test_a_resumed_run_goes_on_with_the_schedule_where_it_stopped(tmp_path, mnis
     assert np.allclose(printed, [9 / 30, 19 / 30, 29 / 30, 1], atol=1e-4)  # each epoch's last step
 
 
+@pytest.mark.slow  # trains for 7-11 s: the fast tier stays under 3 minutes
 def test_iwae_start_epoch_trains_the_elbo_first_then_the_iwae_bound_and_resumes_in_either(tmp_path, mnist,
                                                                                         monkeypatch, capsys):
     built = []  # (objective, train_samples, num_epoch) of each training graph

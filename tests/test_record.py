@@ -25,6 +25,7 @@ from process import UserError, write_atomically
 
 # ---------------------------------------------------------------- the configuration, resolved once
 
+@pytest.mark.slow  # trains for 7-11 s: the fast tier stays under 3 minutes
 def test_a_resumed_preset_run_goes_on_as_configured_and_records_each_change(tiny_run):
     run = tiny_run('bernoulli')  # 2 epochs of the tiny MNIST_bernoulli preset
     saved = json.load(open(run / 'config.json'))

@@ -1,5 +1,6 @@
 """The latent densities of the fitted samplers: mixture.py (gmm) and flow.py (flow), against numpy and scipy."""
 import numpy as np
+import pytest
 import scipy.stats
 
 import flow
@@ -73,6 +74,7 @@ def test_the_flow_log_density_is_the_base_density_and_a_numerical_jacobian():
         assert np.abs(jacobian - np.diag(np.diag(jacobian))).max() > 0.01  # the dimensions move one another
 
 
+@pytest.mark.slow  # 160,000 grid points through the flow: 5 s
 def test_the_flow_density_integrates_to_one():
     weights = random_flow(2, seed=2)
     draws = flow.sample(weights, 20000, seed=0)
@@ -83,6 +85,7 @@ def test_the_flow_density_integrates_to_one():
     assert abs(mass - 1) < 0.01, mass
 
 
+@pytest.mark.slow  # 15 epochs of a flow: 10 s
 def test_the_flow_sampler_draws_where_the_latents_are(monkeypatch):
     monkeypatch.setattr(flow, 'WIDTH', 64)  # a narrower flow: 4,000 latents in a few seconds
     centres = np.array([[2.0, 0.0, 1.0], [-2.0, 0.0, -1.0]])
