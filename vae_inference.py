@@ -840,8 +840,9 @@ def check_fit_images(config, options, count):
 
 def fitted_sampler(sess, outputs, config, data, epoch, weights, options):
     """The density of a fitted --sampler (mixture.py, flow.py, two_stage.py) for this checkpoint, fitted to the
-    posterior means of its training images (or samples of their posteriors, --fit_to samples) and kept in the run folder (<sampler>/model_<N>-<sampler_settings>-
-    weights_<digest>.npz): later calls read it back instead of fitting it again. gmm and flow are scored on the
+    posterior means of its training images (or samples of their posteriors, --fit_to samples) and kept in the run
+    folder (<sampler>/model_<N>-<sampler_settings>-weights_<digest>.npz): later calls read it back instead of
+    fitting it again. gmm and flow are scored on the
     held-out tenth of the latents (their arrays keep it); the second stage is fitted to all of them."""
     sampler = options['sampler']
     check_fit_images(config, options, min(len(data['train']), SAMPLER_FIT_IMAGES))
