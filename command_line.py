@@ -170,7 +170,6 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
         print(f'--fresh: {run_directory} holds no run; training there')
     elif from_run and not fresh and has_checkpoints(run_directory, config):
         config, where, record = config_from_run(config, where, record, presets, named, training)
-    saved_changes = (read_run_config(config) or {}).get('changes', []) if record['changes'] else []
     config.update(tf_config_keys())
     where.update({key: 'TF_CONFIG' for key in tf_config_keys()})
     check_config(config, where)
@@ -181,10 +180,16 @@ def parse_command_line(argv, flags=(), description=None, from_run=False, trainin
         config['run_directory'] = new_run_directory(run_directory)
         print(f'--fresh: {run_directory} holds an earlier run, kept as it is; training in {config["run_directory"]} '
               f'(resume it with --run_directory {shlex.quote(config["run_directory"])})')
-    for change in record['changes'][len(saved_changes):]:  # this command's, once every value passed its check
+    return {**config, **record}, options
+
+
+def announce_changes(config):
+    """Print this command's changes of a resumed run's values: those config.json does not record yet. vae.py calls
+    it once it holds the run folder, so a refused command announces nothing."""
+    saved = (read_run_config(config) or {}).get('changes', []) if config['changes'] else []
+    for change in config['changes'][len(saved):]:
         print(f'changing {change["key"]} {flag_value(change["from"])} -> {flag_value(change["to"])} from '
               + (f'epoch {change["epoch"]}' if change['epoch'] is not None else f'step {change["step"]}'))
-    return {**config, **record}, options
 
 
 def run_preset(run_directory, presets, default):

@@ -830,6 +830,7 @@ def main(argv):
     run_folder.make_run_folders(config)
     with run_folder.run_folder_lock(config):  # held from here to the end of training
         check_resolution_holds(argv, config, options)
+        command_line.announce_changes(config)
         train(config, data, cluster)
 
 

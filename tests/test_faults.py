@@ -49,8 +49,10 @@ def test_a_second_training_process_on_a_run_folder_is_refused(trained):
         before = snapshot(trained)
         result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')
         assert_refused(result, f'is being trained by another process (PID {os.getpid()})', trained, before)
+        assert 'changing' not in result.stdout, result.stdout  # a refused command changes nothing
     result = run_script('vae.py', *BASE, '--run_directory', trained, '--num_epoch', '3')  # released: it resumes
     assert result.returncode == 0 and 'resuming' in result.stdout, result.stderr
+    assert 'changing num_epoch 2 -> 3 from epoch 2' in result.stdout
 
 
 def test_a_run_trained_while_a_command_starts_is_never_taken_over(tmp_path, monkeypatch):
