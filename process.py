@@ -46,8 +46,8 @@ def exit_on_user_error(main):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the scripts ignore it while TensorFlow loads
     try:
         main()
-    except UserError as error:
-        print(f'error: {error}', file=sys.stderr)
+    except UserError as error:  # one line, whatever the paths it names hold (a newline in a folder's name)
+        print('error: ' + str(error).replace('\r', '\\r').replace('\n', '\\n'), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # not in training (which saves a checkpoint and exits by itself)
         print('interrupted; every file written before it is kept whole, none is left half-written', file=sys.stderr)

@@ -336,3 +336,10 @@ def test_the_test_binarisation_depends_on_test_seed_alone(mnist):
 def test_bad_input_on_a_trained_run_changes_nothing(trained, script, args, message):
     before = snapshot(trained)
     assert_refused(run_script(script, *BASE, '--run_directory', trained, *args), message, trained, before)
+
+
+def test_an_error_naming_a_folder_with_a_newline_is_still_one_line(tmp_path):
+    run = tmp_path / 'two\nlines'
+    run.mkdir()
+    result = run_script('vae_inference.py', *BASE, '--run_directory', run)
+    assert_refused(result, 'two\\nlines')
