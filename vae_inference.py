@@ -581,11 +581,11 @@ def write_gif(config):
         print(f'no op-gen frames in {run_folder.run_path(config, "gen_directory")}: generations.gif not written')
 
 
-def write_projector(config, epoch, z_means, images, labels):
+def write_projector(config, epoch, z_means, images, labels, settings=()):
     """TensorBoard's projector in the run's log folder: model_<N>'s test posterior means
     (projector_means_model_<N>.tsv), their labels (MNIST, projector_labels_model_<N>.tsv) and a sprite of the images
-    (projector_sprite_model_<N>.png), one embedding per checkpoint in projector_config.pbtxt; `tensorboard --logdir
-    <run>/logs` shows them under Projector."""
+    (projector_sprite_model_<N>.png), one embedding per checkpoint and settings (named like pictures, n<N> for
+    --num_test) in projector_config.pbtxt; `tensorboard --logdir <run>/logs` shows them under Projector."""
     from google.protobuf import text_format
     from tensorboard.plugins import projector
     count = min(len(z_means), PROJECTOR_POINTS)
@@ -600,7 +600,7 @@ def write_projector(config, epoch, z_means, images, labels):
         except (UserError, text_format.ParseError) as error:
             print(f'warning: {path} is damaged ({error}); writing it anew')
             projector_config = projector.ProjectorConfig()
-    suffix = f'model_{epoch}'
+    suffix = '-'.join([f'model_{epoch}', *settings])
     kept = [e for e in projector_config.embeddings if e.tensor_path != f'projector_means_{suffix}.tsv']
     del projector_config.embeddings[:]
     projector_config.embeddings.extend(kept)
@@ -1090,7 +1090,7 @@ def main(argv):
             z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
         if options['projector']:
-            write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels)
+            write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels, of_test)
         if options['scatter']:
             path = picture_path(config, 'latent_scatter', epoch, of_test)
             save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')

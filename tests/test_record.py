@@ -474,8 +474,13 @@ def test_damaged_records_logs_and_older_config_json_on_a_trained_run(trained, tm
     for checkpoint, count in (('0', '30'), ('1', '50')):
         assert run_script('vae_inference.py', '--run_directory', trained, '--projector', '--checkpoint', checkpoint,
                           '--num_test', count).returncode == 0
-    assert len((trained / 'logs' / 'projector_labels_model_0.tsv').read_text().split()) == 30
-    assert (trained / 'logs' / 'projector_sprite_model_1.png').exists()
+    assert len((trained / 'logs' / 'projector_labels_model_0-n30.tsv').read_text().split()) == 30
+    assert (trained / 'logs' / 'projector_sprite_model_1-n50.png').exists()
+    # Another subset of the same checkpoint: an embedding of its own, beside the first (named by --num_test).
+    assert run_script('vae_inference.py', '--run_directory', trained, '--projector', '--num_test', '20').returncode == 0
+    assert len((trained / 'logs' / 'projector_labels_model_1-n20.tsv').read_text().split()) == 20
+    assert len((trained / 'logs' / 'projector_labels_model_1-n50.tsv').read_text().split()) == 50
+    assert (trained / 'logs' / 'projector_config.pbtxt').read_text().count('embeddings {') == 3
     # Exports inside the run folder or onto a link are refused.
     os.symlink(tmp_path / 'empty', tmp_path / 'link')
     for destination, message in ((trained / 'shared', 'is inside the run folder'),
