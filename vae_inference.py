@@ -442,8 +442,29 @@ def picture_settings(config, options, shows):
     return settings
 
 
-def write_grid(config, name, epoch, images, rows, columns, title, settings=()):
-    path = picture_path(config, name, epoch, settings)
+# The pictures an option draws: {option: (its name, what it shows: 'test' images, or None)}; with no option, the
+# reconstructions of test images and the generations of --sampler (planned_pictures).
+PICTURES = {'interpolate': ('interpolation', 'test'), 'traverse': ('traversal', 'test'),
+            'manifold': ('manifold', None), 'scatter': ('latent_scatter', 'test')}
+
+
+def planned_pictures(config, options, epoch, samples):
+    """{what: path} of every picture this command draws (samples: the default reconstructions and generations),
+    so each path is checked before any work and written where it was checked."""
+    shown = lambda name, shows: picture_path(config, name, epoch, picture_settings(config, options, shows)
+                                             if shows else ())
+    planned = {option: shown(*PICTURES[option]) for option in PICTURES if options[option]}
+    if samples:
+        sampler = options['sampler']
+        planned['reconstructions'] = shown('reconstructions', 'test')
+        planned['generations'] = shown('generations' if sampler == 'prior' else f'generations_{sampler}', sampler)
+        planned['gif'] = os.path.join(config['run_directory'], 'generations.gif')
+    for path in planned.values():
+        check_destination(path, 'a picture')
+    return planned
+
+
+def write_grid(config, path, images, rows, columns, title):
     save_grid(path, images, rows, columns, title=title, value_range=config_keys.pixel_range(config))
     print(f'wrote {path}')
 
@@ -553,27 +574,25 @@ def write_curves(config):
     print(f'wrote {path}')
 
 
-def write_samples(sess, outputs, config, data, test_images, epoch, prefix, options):
+def write_samples(sess, outputs, config, data, test_images, epoch, prefix, options, planned):
     """reconstructions_model_<N>.png and generations_model_<N>.png (generations_<sampler>_model_<N>.png for
-    another --sampler than the prior): what a run looks like at this checkpoint."""
+    another --sampler than the prior), at their planned_pictures paths: what a run looks like at this checkpoint."""
     sampler = options['sampler']
     samples = generate(sess, outputs, sampler_latents(sess, outputs, config, data, epoch, prefix, options,
                                                       GRID_COLUMNS ** 2)[0])
     originals = test_images[:RECONSTRUCTED_ROWS * GRID_COLUMNS]
     pairs = interleave_rows(originals, reconstruct(sess, outputs, originals), GRID_COLUMNS)
-    write_grid(config, 'reconstructions', epoch, pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
-               f'epoch {epoch}: test / reconstruction', picture_settings(config, options, 'test'))
-    write_grid(config, 'generations' if sampler == 'prior' else f'generations_{sampler}', epoch, samples,
-               GRID_COLUMNS, GRID_COLUMNS, f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
-               + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}'),
-               picture_settings(config, options, sampler))
+    write_grid(config, planned['reconstructions'], pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
+               f'epoch {epoch}: test / reconstruction')
+    write_grid(config, planned['generations'], samples, GRID_COLUMNS, GRID_COLUMNS,
+               f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
+               + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}'))
 
 
-def write_gif(config):
-    """generations.gif from the op-gen frames training wrote."""
+def write_gif(config, path):
+    """generations.gif (at path) from the op-gen frames training wrote."""
     frames = epoch_frames(run_folder.run_path(config, 'gen_directory'))
     if frames:
-        path = os.path.join(config['run_directory'], 'generations.gif')
         save_gif(path, [frame for _, frame in frames])
         print(f'wrote {path} ({len(frames)} frame{"s" if len(frames) > 1 else ""}, epochs {frames[0][0]} to '
               f'{frames[-1][0]})')
@@ -1062,41 +1081,41 @@ def main(argv):
         sess.close()
         return export_run(config, epoch, options['export'])
     with sess:
+        planned = planned_pictures(config, options, epoch, samples=not pictures)
         data = datasets.load_dataset(config, training=False)
         test_images = datasets.evaluation_images(config, data['test_images'])
         if options['num_test']:
             test_images = test_images[:options['num_test']]
-        of_test = picture_settings(config, options, 'test')  # the name of a picture of these test images
         if not pictures:
-            write_samples(sess, outputs, config, data, test_images, epoch, prefix, options)
+            write_samples(sess, outputs, config, data, test_images, epoch, prefix, options, planned)
         if options['evaluate']:
             write_evaluation(sess, outputs, config, epoch, prefix, test_images, options['k'])
         if options['fid']:
             write_fid(sess, outputs, config, data, epoch, prefix, options)
         if options['interpolate']:
             rows = min(8, len(test_images) // 2)
-            write_grid(config, 'interpolation', epoch, interpolation_grid(sess, outputs, test_images, rows), rows,
-                       GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means', of_test)
+            write_grid(config, planned['interpolate'], interpolation_grid(sess, outputs, test_images, rows), rows,
+                       GRID_COLUMNS + 2, f'epoch {epoch}: interpolation between posterior means')
         if options['traverse']:
             rates = dimension_rates(sess, outputs, test_images[:1000])
             dimensions = np.argsort(-rates)[:TRAVERSE_DIMENSIONS]
-            write_grid(config, 'traversal', epoch, traversal_grid(sess, outputs, test_images, dimensions),
+            write_grid(config, planned['traverse'], traversal_grid(sess, outputs, test_images, dimensions),
                        len(dimensions), TRAVERSE_STEPS,
-                       f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]', of_test)
+                       f'epoch {epoch}: dims {", ".join(map(str, dimensions))} over [-3, 3]')
         if options['manifold']:
-            write_grid(config, 'manifold', epoch, manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
+            write_grid(config, planned['manifold'], manifold_grid(sess, outputs), MANIFOLD_SIDE, MANIFOLD_SIDE,
                        f'epoch {epoch}: 2-D latent manifold')
         if options['projector'] or options['scatter']:  # both show the test posterior means: encode them once
             z_means = vae.run_in_batches(sess, outputs.z_mean, outputs.images, test_images)
             labels = data['test_labels'][:len(test_images)] if 'test_labels' in data else None
         if options['projector']:
-            write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels, of_test)
+            write_projector(config, epoch, z_means, data['test_images'][:len(test_images)], labels,
+                            picture_settings(config, options, 'test'))
         if options['scatter']:
-            path = picture_path(config, 'latent_scatter', epoch, of_test)
-            save_scatter(path, z_means, labels, f'test posterior means, epoch {epoch}')
-            print(f'wrote {path}')
+            save_scatter(planned['scatter'], z_means, labels, f'test posterior means, epoch {epoch}')
+            print(f'wrote {planned["scatter"]}')
     if not pictures:
-        write_gif(config)
+        write_gif(config, planned['gif'])
 
 
 if __name__ == '__main__':

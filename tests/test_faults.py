@@ -343,3 +343,14 @@ def test_an_error_naming_a_folder_with_a_newline_is_still_one_line(tmp_path):
     run.mkdir()
     result = run_script('vae_inference.py', *BASE, '--run_directory', run)
     assert_refused(result, 'two\\nlines')
+
+
+def test_a_folder_where_a_picture_goes_is_refused_before_any_picture_is_drawn(trained):
+    for blocked, flags in (('generations_model_1.png', []), ('generations.gif', []),
+                           ('interpolation_model_1-n10.png', ['--interpolate', '--num_test', '10'])):
+        (trained / blocked).mkdir()
+        before = snapshot(trained)
+        result = run_script('vae_inference.py', '--run_directory', trained, *flags)
+        assert_refused(result, f'{trained / blocked} is a folder where a picture goes', trained, before)
+        assert 'wrote' not in result.stdout, result.stdout  # the reconstructions neither
+        (trained / blocked).rmdir()
