@@ -166,7 +166,8 @@ def test_a_record_or_picture_that_cannot_be_written_says_what_is_in_the_way(trai
     os.mkdir(trained / 'reconstructions_model_1.png')
     before = snapshot(trained)
     assert_refused(run_script('vae_inference.py', '--run_directory', trained),
-                   f'{trained}/reconstructions_model_1.png is a folder: move it away', trained, before)
+                   f'{trained}/reconstructions_model_1.png is a folder where a picture goes; move it away', trained,
+                   before)
     (trained.parent / 'afile').write_text('mine')  # an export's folder under a file: "free some space" before
     result = run_script('vae_inference.py', '--run_directory', trained, '--export', trained.parent / 'afile' / 'x')
     assert_refused(result, f'{trained.parent}/afile is a file where a folder goes: move it away', trained, before)
