@@ -31,9 +31,8 @@ tf, tf1 = process.tf, process.tf1
 
 DEPTH, WIDTH = 3, 512    # Dai & Wipf: 3 and 1024 (second_depth, second_dim); half the width for 2 CPU cores
 BATCH_SIZE = 128
-LEARNING_RATE = 1e-3     # Adam, halved every LEARNING_RATE_HALVING epochs
-LEARNING_RATE_HALVING = 10
-FIT_SETTINGS = (DEPTH, WIDTH, BATCH_SIZE, LEARNING_RATE, LEARNING_RATE_HALVING)  # what a kept fit is keyed by
+LEARNING_RATE = 1e-3     # Adam; the fit's epochs fall in LEARNING_RATE_PERIODS equal parts, each at half the rate
+LEARNING_RATE_PERIODS = 4  # of the one before: 10 epochs each of the default 40 (Dai & Wipf: 300 of their 800)
 
 
 SecondStage = collections.namedtuple('SecondStage', [
@@ -93,6 +92,20 @@ def weight_shapes(z_dim):
         return {v.op.name: tuple(v.shape.as_list()) for v in model_variables(graph)}
 
 
+def halving_epochs(epochs):
+    """Epochs between the learning rate's halvings: a fit of any length anneals as far as the default 40 do."""
+    return max(1, round(epochs / LEARNING_RATE_PERIODS))
+
+
+def learning_rate(epoch, epochs):
+    return LEARNING_RATE * 0.5 ** (epoch // halving_epochs(epochs))
+
+
+def fit_settings(epochs):
+    """What a kept fit of `epochs` epochs is keyed by (with its epochs): the network, the batch and the schedule."""
+    return (DEPTH, WIDTH, BATCH_SIZE, LEARNING_RATE, halving_epochs(epochs))
+
+
 def fit(latents, epochs, seed, stds=None):
     """The second stage fitted by Adam to [count, z_dim] latents for `epochs` epochs, with a progress bar;
     returns its weights {variable name: array} and the mean of the last epoch's batch losses, in nats. With stds
@@ -109,7 +122,7 @@ def fit(latents, epochs, seed, stds=None):
         sess.run(initialize)
         for epoch in bar:
             order = random.permutation(len(latents))
-            rate = LEARNING_RATE * 0.5 ** (epoch // LEARNING_RATE_HALVING)
+            rate = learning_rate(epoch, epochs)
             fitted = latents if stds is None else \
                 (latents + stds * random.standard_normal(latents.shape)).astype(np.float32)
             losses = [sess.run([stage.loss, stage.train_op],

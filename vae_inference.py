@@ -841,7 +841,8 @@ def sampler_settings(config, options, data):
         return [seed, fit_digest(*how)]
     if options['sampler'] == 'flow':
         return [f'e{options["flow_epochs"]}', seed, fit_digest(flow.FIT_SETTINGS, HELD_OUT, *fitting, fitted)]
-    return [f'e{options["two_stage_epochs"]}', seed, fit_digest(two_stage.FIT_SETTINGS, *fitting, fitted)]
+    epochs = options['two_stage_epochs']  # its schedule: the default 40 epochs keyed as they always were
+    return [f'e{epochs}', seed, fit_digest(two_stage.fit_settings(epochs), *fitting, fitted)]
 
 
 def check_fit_images(config, options, count):
@@ -1016,8 +1017,8 @@ FLAGS = {
                           'tenths of the posterior means scores the held-out tenth best (Ghosh et al. 2020: 10)'),
     'flow_epochs': (50, "epochs the flow sampler's RealNVP is fitted for (the epoch scoring the held-out tenth of "
                         'the posterior means best is kept)'),
-    'two_stage_epochs': (40, "epochs the two_stage sampler's second VAE is fitted for (once per checkpoint: it is "
-                             'kept in the run folder\'s two_stage/)'),
+    'two_stage_epochs': (40, "epochs the two_stage sampler's second VAE is fitted for, its learning rate halved "
+                             "after each quarter (once per checkpoint: it is kept in the run folder's two_stage/)"),
     'fit_to': ('means', "what gmm, flow and two_stage fit: the training posterior 'means' (Ghosh et al.), or "
                         "'samples' of q(z|x) (Dai & Wipf; flow and two_stage draw afresh each epoch, gmm once)"),
     'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "

@@ -435,7 +435,7 @@ def test_a_samplers_fid_is_keyed_by_its_seed_and_what_it_was_fitted_to(trained, 
 def test_the_two_stage_sampler_draws_where_the_latents_are(monkeypatch):
     import two_stage
     monkeypatch.setattr(two_stage, 'WIDTH', 64)  # a narrower second stage and a constant step: enough steps on
-    monkeypatch.setattr(two_stage, 'LEARNING_RATE_HALVING', 1000)  # 4,000 latents in a few seconds
+    monkeypatch.setattr(two_stage, 'LEARNING_RATE_PERIODS', 0.01)  # 4,000 latents in a few seconds
     rng = np.random.RandomState(0)
     centres = np.array([[2.0, 0.0, 1.0], [-2.0, 0.0, -1.0]])
     latents = (centres[rng.randint(2, size=4000)] + rng.normal(0, 0.1, (4000, 3))).astype(np.float32)
@@ -455,7 +455,7 @@ def test_the_two_stage_sampler_fitted_to_samples_draws_their_spread(monkeypatch)
     # Dai & Wipf fit samples of q(z|x), redrawn each epoch: the draws take the posteriors' spread, the means' do not.
     import two_stage
     monkeypatch.setattr(two_stage, 'WIDTH', 64)
-    monkeypatch.setattr(two_stage, 'LEARNING_RATE_HALVING', 1000)
+    monkeypatch.setattr(two_stage, 'LEARNING_RATE_PERIODS', 0.01)
     rng = np.random.RandomState(0)
     centres = np.array([[2.0, 0.0, 1.0], [-2.0, 0.0, -1.0]])
     means = (centres[rng.randint(2, size=4000)] + rng.normal(0, 0.1, (4000, 3))).astype(np.float32)
@@ -499,3 +499,18 @@ def test_the_gmm_sampler_on_fewer_images_than_components_or_a_bad_sampler_is_one
     assert_refused(run_script('vae_inference.py', '--run_directory', run, '--sampler', 'two_stage'),
                    f'{run / "two_stage"} is in the way of the second stage')
     assert snapshot(run) == before
+
+
+def test_a_longer_second_stage_anneals_as_far_and_the_default_keeps_its_key():
+    # The rate is halved over equal parts of any fit (not every 10 epochs, which left a 200-epoch fit at 1e-3 / 2^19);
+    # the default 40 epochs keep the key of the fits and FID records committed before the schedule scaled.
+    import two_stage
+    import vae_inference
+    for epochs in (40, 200, 800):
+        rates = [two_stage.learning_rate(epoch, epochs) for epoch in range(epochs)]
+        assert (rates[0], rates[-1], len(set(rates))) == (1e-3, 1e-3 / 8, 4), epochs
+    assert two_stage.learning_rate(1, 2) == 5e-4
+    kept = os.listdir(os.path.join(ROOT, 'MNIST', 'results', 'sharp', 'two_stage'))
+    assert kept == [f'model_39-e40-seed0-{vae_inference.fit_digest(two_stage.fit_settings(40), 60000)}-'
+                    'weights_a4f31daf8d.npz']
+    assert two_stage.fit_settings(200) != two_stage.fit_settings(40)
