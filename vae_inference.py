@@ -426,7 +426,8 @@ def picture_settings(config, options, shows):
     """The parts of a picture's name beyond its checkpoint. Pictures of test images (shows 'test'): n<N> when
     --num_test shows a subset. Samples (shows a sampler's name): seed<S> for another --seed than the run's, and for
     a fitted sampler train<N> for another --num_train_images than the run's and 'samples' for --fit_to samples, and
-    its own flag's value when not the default (two_stage's and flow's e<epochs>, gmm's c<components>)."""
+    its own flag's value when not the default (two_stage's and flow's e<epochs>, gmm's c<components>), and r<steps>
+    for --refine_steps."""
     if shows == 'test':
         return [f'n{options["num_test"]}'] if options['num_test'] else []
     saved = run_folder.read_run_config(config) or {}
@@ -439,7 +440,7 @@ def picture_settings(config, options, shows):
                                 ('gmm', 'gmm_components', 'c')):
         if shows == sampler and options[flag] != FLAGS[flag][0]:
             settings.append(f'{mark}{options[flag]}')
-    return settings
+    return settings + refinement(options)
 
 
 # The pictures an option draws: {option: (its name, what it shows: 'test' images, or None)}; with no option, the
@@ -586,7 +587,8 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
                f'epoch {epoch}: test / reconstruction')
     write_grid(config, planned['generations'], samples, GRID_COLUMNS, GRID_COLUMNS,
                f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
-               + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}'))
+               + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}')
+               + (f', {options["refine_steps"]} refining steps' if options['refine_steps'] else ''))
 
 
 def write_gif(config, path):
@@ -687,6 +689,7 @@ MAX_TWO_STAGE_EPOCHS = 10 ** 4  # the second stage's fit: Dai & Wipf train hundr
 MAX_FID_SAMPLES = 10 ** 5  # generated images one FID may score: 16 KB of float64 features each, 1.6 GB at the bound
 FID_CHUNK = 500  # images scored between two looks at the clock (progress saved at most every SAVE_SECONDS)
 MAX_FLOW_EPOCHS = 10 ** 4  # the flow keeps its best held-out epoch: more only costs time
+MAX_REFINE_STEPS = 100  # each step encodes and decodes every latent once
 SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': 'a Gaussian mixture', 'flow': 'a RealNVP flow',
                   'two_stage': 'a second-stage VAE'}  # of the LATENTS_ARE of --fit_to
 FITTED_SAMPLERS = {'gmm': mixture, 'flow': flow, 'two_stage': two_stage}  # module: its fit, sample and what it keeps
@@ -845,6 +848,23 @@ def sampler_settings(config, options, data):
     return [f'e{epochs}', seed, fit_digest(two_stage.fit_settings(epochs), *fitting, fitted)]
 
 
+def refinement(options):
+    """r<steps> in the names of what --refine_steps changes, the FID record and the grid, not the kept fit it
+    refines the draws of (nothing without it: names stay as they were)."""
+    return [f'r{options["refine_steps"]}'] if options['refine_steps'] else []
+
+
+def refined(sess, outputs, latents, steps):
+    """The latents after `steps` steps of the encoder-decoder chain z <- the posterior mean of z's decoded image
+    (Rezende et al. 2014's chain, appendix F, with the mean in place of a draw): a draw of a fitted density lands
+    near, not on, the latents the encoder gives images, and a step moves it to the encoder's reading of what the
+    decoder drew there."""
+    for _ in range(steps):
+        latents = vae.run_in_batches(sess, outputs.z_mean, outputs.images,
+                                     vae.run_in_batches(sess, outputs.generation, outputs.z, latents))
+    return latents
+
+
 def check_fit_images(config, options, count):
     """Refuses, in one line, a fitted sampler with too few training latents to fit (before anything is written)."""
     sampler, least = options['sampler'], 2
@@ -939,12 +959,15 @@ def fit_facts(sampler, arrays, options):
 
 def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     """count latents to decode, seeded by the run's seed: --sampler 'prior' N(0, I), or draws of the density
-    fitted to the training set's posterior means (fitted_sampler); and what the FID record says of the fit."""
+    fitted to the training set's posterior means (fitted_sampler), after --refine_steps steps of the chain (refined);
+    and what the FID record says of the fit."""
+    steps = {'refine_steps': options['refine_steps']}
     if options['sampler'] == 'prior':
-        return vae.fixed_latents(config, count), {}
+        return refined(sess, outputs, vae.fixed_latents(config, count), options['refine_steps']), steps
     arrays = fitted_sampler(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
-    return (FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed']),
-            fit_facts(options['sampler'], arrays, options))
+    return (refined(sess, outputs, FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed']),
+                    options['refine_steps']),
+            {**fit_facts(options['sampler'], arrays, options), **steps})
 
 
 def write_fid(sess, outputs, config, data, epoch, prefix, options):
@@ -957,7 +980,7 @@ def write_fid(sess, outputs, config, data, epoch, prefix, options):
     real = test_statistics(config, extract, test_images)
     sampler, samples = options['sampler'], options['fid_samples']
     settings = {'reconstructions': [f'n{len(test_images)}'],
-                sampler: [f'n{samples}', *sampler_settings(config, options, data)]}
+                sampler: [f'n{samples}', *sampler_settings(config, options, data), *refinement(options)]}
     paths = {source: evaluation_path(config, epoch, weights, test_images, 'fid', source, *keys)
              for source, keys in settings.items()}
     counts = {'reconstructions': len(test_images), sampler: samples}
@@ -1021,6 +1044,8 @@ FLAGS = {
                              "after each quarter (once per checkpoint: it is kept in the run folder's two_stage/)"),
     'fit_to': ('means', "what gmm, flow and two_stage fit: the training posterior 'means' (Ghosh et al.), or "
                         "'samples' of q(z|x) (Dai & Wipf; flow and two_stage draw afresh each epoch, gmm once)"),
+    'refine_steps': (0, "steps of the encoder-decoder chain applied to --sampler's latents before they are decoded "
+                        '(--fid and the generations grid): z <- the posterior mean of the image z decodes to'),
     'fid_weights': ('', "the Inception weights file (default_1.pt) for --fid; '' = fid_cache_directory's copy, "
                         'downloaded there on first use'),
     'export': ('', 'a new run folder holding only the checkpoint\'s weights (no optimizer state), config.json and '
@@ -1053,6 +1078,9 @@ def main(argv):
     for flag, bound in (('two_stage_epochs', MAX_TWO_STAGE_EPOCHS), ('flow_epochs', MAX_FLOW_EPOCHS)):
         if not 1 <= options[flag] <= bound:
             raise UserError(f'--{flag} must be in 1..{bound:,} (the default: {FLAGS[flag][0]}), got {options[flag]}')
+    if not 0 <= options['refine_steps'] <= MAX_REFINE_STEPS:
+        raise UserError(f'--refine_steps must be in 0..{MAX_REFINE_STEPS} (0: the sampler\'s draws as they are), got '
+                        f'{options["refine_steps"]}')
     if options['fit_to'] not in ('means', 'samples'):
         raise UserError(f"--fit_to must be 'means' or 'samples', got {options['fit_to']!r}")
     if not 0 <= options['gmm_components'] <= MAX_GMM_COMPONENTS:

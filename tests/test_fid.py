@@ -301,6 +301,14 @@ def test_fid_of_a_tiny_run_is_kept_as_records_and_found_again(trained, tmp_path)
     assert result.returncode == 0 and f'the Gaussian mixture from {kept}' in result.stdout, result.stdout
     record = next(r for r in vae_inference.evaluation_records(run).values() if r['scored'] == 'gmm')
     assert record['held_out_log_likelihood'] == float(np.max(np.load(kept)['held_out_log_likelihoods']))
+    # Refined draws of the same kept mixture: a record and a grid of their own, the mixture read back, not refitted.
+    for command in (args, ['--run_directory', run, '--num_test', '10']):
+        result = run_script('vae_inference.py', *command, '--sampler', 'gmm', '--refine_steps', '1')
+        assert result.returncode == 0 and f'the Gaussian mixture from {kept}' in result.stdout, result.stdout
+    assert len(list((run / 'gmm').iterdir())) == 1 and (run / 'generations_gmm_model_1-r1.png').exists()
+    records = {name: r for name, r in vae_inference.evaluation_records(run).items() if r['scored'] == 'gmm'}
+    assert sorted(r['refine_steps'] for r in records.values()) == [0, 1] and len(records) == 2
+    assert [os.path.basename(name) for name, r in records.items() if r['refine_steps'] == 1][0].count('-r1-') == 1
     # A kept mixture as written (its digest matches) whose covariance is not positive definite is fitted again.
     arrays = {name: value for name, value in np.load(kept).items() if name != 'arrays_sha1'}
     arrays['covariances'][0] = -np.eye(arrays['covariances'].shape[1])

@@ -102,3 +102,37 @@ def test_the_flow_sampler_draws_where_the_latents_are(monkeypatch):
     near = lambda z: np.mean(np.min(np.linalg.norm(z[:, None] - centres[None], axis=2), axis=1) < 0.5)
     assert near(draws) > 0.6 and near(np.random.RandomState(2).standard_normal((5000, 3))) < 0.05
     assert np.allclose(draws.mean(axis=0), latents.mean(axis=0), atol=0.2)
+
+
+def test_refined_latents_are_the_encoders_reading_of_their_decodes(trained):
+    # --refine_steps: each step replaces a latent by the posterior mean of the image it decodes to; the FID record,
+    # the record's name and the grid's name say how many steps (and nothing changes without the flag).
+    import command_line
+    import vae
+    import vae_inference
+    config, options = command_line.parse_command_line(['--run_directory', str(trained), '--refine_steps', '2'],
+                                                      vae_inference.FLAGS, '', from_run=True)
+    sess, outputs, epoch = vae_inference.restore(config)
+    with sess:
+        z = vae.fixed_latents(config, 7)
+        once = vae_inference.refined(sess, outputs, z, 1)
+        decoded = sess.run(outputs.generation, {outputs.z: z})
+        assert np.allclose(once, sess.run(outputs.z_mean, {outputs.images: decoded}), atol=1e-6)
+        assert not np.allclose(once, z, atol=0.1)
+        latents, facts = vae_inference.sampler_latents(sess, outputs, config, None, epoch, None, options, 7)
+        assert facts == {'refine_steps': 2}
+        assert np.allclose(latents, vae_inference.refined(sess, outputs, once, 1), atol=1e-6)
+    assert vae_inference.sampler_settings(config, options, None) == ['seed0']  # the fit's key: refinement apart
+    assert vae_inference.planned_pictures(config, options, epoch, samples=True)['generations'].endswith(
+        f'generations_model_{epoch}-r2.png')
+    options['refine_steps'] = 0
+    assert vae_inference.planned_pictures(config, options, epoch, samples=True)['generations'].endswith(
+        f'generations_model_{epoch}.png')
+
+
+@pytest.mark.parametrize('steps', ['-1', '101'])
+def test_refine_steps_out_of_range_is_one_line(trained, steps):
+    from conftest import assert_refused, run_script, snapshot
+    before = snapshot(trained)
+    assert_refused(run_script('vae_inference.py', '--run_directory', trained, '--refine_steps', steps),
+                   f"--refine_steps must be in 0..100 (0: the sampler's draws as they are), got {steps}", trained, before)
