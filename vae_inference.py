@@ -588,7 +588,7 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
     write_grid(config, planned['generations'], samples, GRID_COLUMNS, GRID_COLUMNS,
                f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
                + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}')
-               + (f', {options["refine_steps"]} refining steps' if options['refine_steps'] else ''))
+               + (f', refined by {options["refine_steps"]} of the chain\'s steps' if options['refine_steps'] else ''))
 
 
 def write_gif(config, path):

@@ -519,6 +519,6 @@ def test_a_longer_second_stage_anneals_as_far_and_the_default_keeps_its_key():
         assert (rates[0], rates[-1], len(set(rates))) == (1e-3, 1e-3 / 8, 4), epochs
     assert two_stage.learning_rate(1, 2) == 5e-4
     kept = os.listdir(os.path.join(ROOT, 'MNIST', 'results', 'sharp', 'two_stage'))
-    assert kept == [f'model_39-e40-seed0-{vae_inference.fit_digest(two_stage.fit_settings(40), 60000)}-'
-                    'weights_a4f31daf8d.npz']
+    assert f'model_39-e40-seed0-{vae_inference.fit_digest(two_stage.fit_settings(40), 60000)}-' \
+        'weights_a4f31daf8d.npz' in kept
     assert two_stage.fit_settings(200) != two_stage.fit_settings(40)

@@ -284,7 +284,8 @@ def test_fid_records_are_scalars_too(trained, tmp_path, monkeypatch):
     with sess:
         vae_inference.write_fid(sess, outputs, config, datasets.load_dataset(config, training=False), epoch,
                                 run_folder.list_checkpoints(run / 'models')[epoch],
-                                {'num_test': 10, 'fid_weights': '', 'sampler': 'prior', 'fid_samples': 12})
+                                {'num_test': 10, 'fid_weights': '', 'sampler': 'prior', 'fid_samples': 12,
+                                 'refine_steps': 0})
     records = {r['scored']: r['fid'] for r in vae_inference.evaluation_records(run).values()}
     for source in ('reconstructions', 'prior'):
         assert scalars(run / 'logs', f'fid/{source}') == {20: pytest.approx(records[source])}
