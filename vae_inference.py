@@ -961,13 +961,14 @@ def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     """count latents to decode, seeded by the run's seed: --sampler 'prior' N(0, I), or draws of the density
     fitted to the training set's posterior means (fitted_sampler), after --refine_steps steps of the chain (refined);
     and what the FID record says of the fit."""
-    steps = {'refine_steps': options['refine_steps']}
     if options['sampler'] == 'prior':
-        return refined(sess, outputs, vae.fixed_latents(config, count), options['refine_steps']), steps
-    arrays = fitted_sampler(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
-    return (refined(sess, outputs, FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed']),
-                    options['refine_steps']),
-            {**fit_facts(options['sampler'], arrays, options), **steps})
+        latents, facts = vae.fixed_latents(config, count), {}
+    else:
+        arrays = fitted_sampler(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
+        latents = FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed'])
+        facts = fit_facts(options['sampler'], arrays, options)
+    steps = options['refine_steps']
+    return refined(sess, outputs, latents, steps), {**facts, 'refine_steps': steps}
 
 
 def write_fid(sess, outputs, config, data, epoch, prefix, options):
