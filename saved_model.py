@@ -18,7 +18,9 @@ tf, tf1 = process.tf, process.tf1
 # (InvalidArgumentError).
 SIGNATURES = {
     'encode': ({'images': 'float32 [N, H, W, C], the data\'s pixel range'},
-               {'z_mean': 'float32 [N, z_dim], the posterior mean', 'z_std': 'float32 [N, z_dim], its stddev'}),
+               {'z_mean': 'float32 [N, z_dim], the posterior mean (iaf_depth > 0: the base mean through the flow, '
+                          'the code reconstruct decodes)',
+                'z_std': "float32 [N, z_dim], its stddev (iaf_depth > 0: the flow's base's)"}),
     'decode': ({'z': 'float32 [N, z_dim]'},
                {'images': "float32 [N, H, W, C]: the decoder's mean image (bernoulli: pixel probabilities), the "
                           "data's pixel range"}),

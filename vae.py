@@ -32,6 +32,7 @@ import config_keys
 import datasets
 import deploy
 import hparams
+import iaf
 import pictures
 import process
 import run_folder
@@ -124,8 +125,16 @@ def normalized_relu(layer, name, channels, training, epsilon):
 
 # ---------------------------------------------------------------- model
 
+# What the encoder gives of q(z|x) for a batch of images.
+Posterior = collections.namedtuple('Posterior', [
+    'z_mean', 'z_std',          # the Gaussian N(z_mean, z_std^2): q(z|x) itself, or the base of its flow
+    'context',                  # iaf_depth > 0: the features h each IAF step sees beside z; None otherwise
+])
+
+
 def encoder(images, config, training):
-    """q(z|x): strided conv -> BN -> ReLU blocks, then dense heads for the posterior mean and stddev."""
+    """q(z|x): strided conv -> BN -> ReLU blocks, then dense heads for the posterior mean and stddev (and, with
+    iaf_depth > 0, for the context of the flow's steps)."""
     with tf1.variable_scope('encoder', reuse=tf1.AUTO_REUSE):
         k, stddev, epsilon = config['kernel_size'], config['init_stddev'], config['bn_epsilon']
         h = images
@@ -135,7 +144,8 @@ def encoder(images, config, training):
         h = tf.reshape(h, [-1, int(np.prod(h.shape[1:]))])
         z_mean = dense(h, config['z_dim'], 'z_mean', stddev)
         z_std = tf.nn.softplus(dense(h, config['z_dim'], 'z_std', stddev)) + MIN_STD
-        return z_mean, z_std
+        context = tf.nn.elu(dense(h, config['iaf_width'], 'context', stddev)) if config['iaf_depth'] else None
+        return Posterior(z_mean, z_std, context)
 
 
 def decoder(z, config, training):
@@ -218,26 +228,62 @@ def normal_log_density(z, mean, std):
     return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + 2.0 * tf.math.log(std) + tf.square((z - mean) / std), axis=-1)
 
 
-def posterior_samples(images, z_mean, z_std, noise):
-    """k samples z = z_mean + z_std * noise of q(z|x) per image (noise: [k, batch, z_dim] standard normal).
-    Returns the images and the samples flattened to k * batch rows, sample-major (each image beside its sample),
-    and log p(z) - log q(z|x) of each sample, [k, batch]."""
+def posterior_sample(posterior, noise, config):
+    """Samples of q(z|x) by the reparameterisation z0 = z_mean + z_std * noise (noise [..., batch, z_dim] standard
+    normal, the posterior broadcast against it), carried through the IAF's steps when iaf_depth > 0. Returns z and
+    each dimension's share of log q(z|x) - log p(z), both shaped like the noise: summed over the dimensions, a
+    one-sample estimate of the KL (the IAF paper's rate, which free bits floor per dimension too)."""
+    z_mean, z_std, context = posterior
     z = z_mean + z_std * noise
-    log_prior_ratio = normal_log_density(z, 0.0, 1.0) - normal_log_density(z, z_mean, z_std)
+    log_q = -0.5 * (np.log(2 * np.pi) + 2.0 * tf.math.log(z_std) + tf.square(noise))
+    if config['iaf_depth']:
+        shape = tf.shape(z)
+        context = tf.broadcast_to(context, tf.concat([shape[:-1], tf.shape(context)[-1:]], 0))
+        flat_z, log_gates = iaf.flow(tf.reshape(z, [-1, config['z_dim']]),
+                                     tf.reshape(context, [-1, config['iaf_width']]),
+                                     config['iaf_depth'], config['iaf_width'])
+        z, log_q = tf.reshape(flat_z, shape), log_q - tf.reshape(log_gates, shape)
+    return z, log_q + 0.5 * (np.log(2 * np.pi) + tf.square(z))
+
+
+def posterior_centre(posterior, config):
+    """The one latent an image is encoded to (reconstructions, the samplers' posterior means): z_mean, or with
+    iaf_depth > 0 z_mean carried through the flow (the image of the base's mode)."""
+    if not config['iaf_depth']:
+        return posterior.z_mean
+    return iaf.flow(posterior.z_mean, posterior.context, config['iaf_depth'], config['iaf_width'])[0]
+
+
+def dimension_rates(posterior, sample_rates, config):
+    """[batch, z_dim] rate of each latent dimension of each image: KL(q(z_j|x) || N(0, 1)) in closed form for the
+    Gaussian posterior; with iaf_depth > 0 the mean over the samples ([k, batch, z_dim], posterior_sample's) of
+    their shares of log q(z|x) - log p(z)."""
+    if not config['iaf_depth']:
+        return kl_per_dimension(posterior.z_mean, posterior.z_std)
+    return tf.reduce_mean(sample_rates, axis=0)
+
+
+def posterior_samples(images, posterior, noise, config):
+    """k samples of q(z|x) per image (noise: [k, batch, z_dim] standard normal; posterior_sample). Returns the
+    images and the samples flattened to k * batch rows, sample-major (each image beside its sample), and each
+    sample's per-dimension rates, [k, batch, z_dim]: log p(z) - log q(z|x) is minus their sum."""
+    z, rates = posterior_sample(posterior, noise, config)
     k, batch = tf.shape(noise)[0], tf.shape(noise)[1]
     flat = lambda t: tf.reshape(t, tf.concat([[k * batch], tf.shape(t)[2:]], 0))
     tiled = tf.tile(images[None], [k] + [1] * images.shape.ndims)
-    return flat(tiled), flat(z), log_prior_ratio
+    return flat(tiled), flat(z), rates
 
 
-def importance_log_weights(images, z_mean, z_std, log_likelihood_fn, noise):
-    """[k, batch] log w = log p(x|z) + log p(z) - log q(z|x) for the samples z = z_mean + z_std * noise of q(z|x).
+def importance_log_weights(images, posterior, log_likelihood_fn, noise, config):
+    """[k, batch] log w = log p(x|z) + log p(z) - log q(z|x) for the samples of q(z|x) posterior_sample makes of
+    noise [k, batch, z_dim] (the flow's log-determinants included).
 
     Their mean over k estimates the ELBO; log-mean-exp over k is the importance-weighted bound of
     Burda et al. (2015), which tightens towards log p(x) as k grows. log_likelihood_fn(images, z) gives
     log p(x|z) for a flat batch.
     """
-    flat_images, flat_z, log_prior_ratio = posterior_samples(images, z_mean, z_std, noise)
+    flat_images, flat_z, rates = posterior_samples(images, posterior, noise, config)
+    log_prior_ratio = -tf.reduce_sum(rates, -1)
     return tf.reshape(log_likelihood_fn(flat_images, flat_z), tf.shape(log_prior_ratio)) + log_prior_ratio
 
 
@@ -245,32 +291,35 @@ def log_mean_exp(values, axis=0):
     return tf.reduce_logsumexp(values, axis) - tf.math.log(tf.cast(tf.shape(values)[axis], values.dtype))
 
 
-def kl_term(z_mean, z_std, free_bits):
-    """The KL term of the loss, batch-mean nats: the KL itself, or with free bits (Kingma et al. 2016) the sum over
-    latent dimensions of max(free_bits, the dimension's batch-mean KL), so a dimension below free_bits nats gets
-    no gradient from it (it may carry that much information for free)."""
+def kl_term(rates, free_bits):
+    """The KL term of the loss, batch-mean nats, from the [batch, z_dim] rates (dimension_rates): their sum, or
+    with free bits (Kingma et al. 2016) the sum over latent dimensions of max(free_bits, the dimension's batch-mean
+    rate), so a dimension below free_bits nats gets no gradient from it (it may carry that much information for
+    free)."""
     if not free_bits:
-        return tf.reduce_mean(kl_divergence(z_mean, z_std))
-    return tf.reduce_sum(tf.maximum(float(free_bits), tf.reduce_mean(kl_per_dimension(z_mean, z_std), axis=0)))
+        return tf.reduce_mean(tf.reduce_sum(rates, axis=1))
+    return tf.reduce_sum(tf.maximum(float(free_bits), tf.reduce_mean(rates, axis=0)))
 
 
 # What build_vae computes on a batch of images. Rate and distortion as in Alemi et al. 2018 (and TFP's VAE
 # example): the ELBO is -(distortion + rate), both in nats, whatever the loss's units.
 Endpoints = collections.namedtuple('Endpoints', [
-    'z_mean', 'z_std',          # the posterior q(z|x) = N(z_mean, z_std^2), per image
+    'z_mean', 'z_std',          # the Gaussian of q(z|x) = N(z_mean, z_std^2), per image (the flow's base with IAF)
     'z',                        # the latents decoded: train_samples samples of q(z|x) per image in training
-                                # (sample-major, posterior_samples), z_mean otherwise
+                                # (sample-major, posterior_samples), posterior_centre otherwise
     'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits), per z
     'distortion',               # batch-mean -log p(x|z) in nats under the decoder likelihood, over the samples
-    'rate',                     # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule)
+    'rate',                     # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule):
+                                # closed form, or with IAF the mean of log q(z|x) - log p(z) over the samples
+    'dimension_rates',          # [batch, z_dim] its share in each latent dimension (dimension_rates)
     'mean_squared_error',       # of the reconstructions, per pixel (the 'gaussian' loss's distortion term)
     'loss',                     # what training minimises (build_vae's docstring)
 ])
 
 
-def build_vae(images, config, training, annealing=1.0):
+def build_vae(images, config, training, annealing=1.0, posterior=None):
     """The VAE on a batch of images in the data's pixel range (config_keys.pixel_range). Training decodes
-    train_samples reparameterised samples of q(z|x) per image; inference decodes the posterior mean, so
+    train_samples reparameterised samples of q(z|x) per image; inference decodes posterior_centre, so
     reconstructions are deterministic.
 
     With likelihood 'gaussian' the loss is the original's: per-pixel MSE + kl_weight * batch-mean KL, the
@@ -282,19 +331,25 @@ def build_vae(images, config, training, annealing=1.0):
     Objective 'iwae' (Burda et al. 2015) adds the batch mean of mean_k(log w) - log mean_k(w), with log w =
     log p(x|z) + annealing * (log p(z) - log q(z|x)): that turns the ELBO into the negative importance-weighted
     bound of k samples (in expectation; scaled like the loss for 'gaussian'), and is exactly 0 for k = 1.
+
+    posterior: the encoder's Posterior of these images, where the caller has built it already.
     """
-    z_mean, z_std = encoder(images, config, training)
+    posterior = posterior or encoder(images, config, training)
     k = config['train_samples'] if training else 1
     if training:
-        noise = tf.random.normal(tf.concat([[k], tf.shape(z_mean)], 0))
-        flat_images, z, log_prior_ratio = posterior_samples(images, z_mean, z_std, noise)
+        noise = tf.random.normal(tf.concat([[k], tf.shape(posterior.z_mean)], 0))
+        flat_images, z, sample_rates = posterior_samples(images, posterior, noise, config)
     else:
-        flat_images, z = images, z_mean
+        flat_images, z = images, posterior_centre(posterior, config)
+        # the rate of a flow is an expectation: one sample of it (the Gaussian's is in closed form)
+        sample_rates = posterior_sample(posterior, tf.random.normal(tf.shape(posterior.z_mean))[None],
+                                        config)[1] if config['iaf_depth'] else None
     logits = decoder(z, config, training)
     reconstruction = decoded_image(logits, config)
     mean_squared_error = tf.reduce_mean(tf.square(flat_images - reconstruction))
-    rate = tf.reduce_mean(kl_divergence(z_mean, z_std))
-    kl_loss = annealing * kl_term(z_mean, z_std, config['free_bits'] if training else 0)
+    rates = dimension_rates(posterior, sample_rates, config)
+    rate = tf.reduce_mean(tf.reduce_sum(rates, axis=1))
+    kl_loss = annealing * kl_term(rates, config['free_bits'] if training else 0)
     log_px = log_likelihood(flat_images, logits, config)
     distortion = -tf.reduce_mean(log_px)
     if config['likelihood'] == 'gaussian':
@@ -302,10 +357,11 @@ def build_vae(images, config, training, annealing=1.0):
     else:
         loss = distortion + kl_loss
     if training and config['objective'] == 'iwae':
-        log_weights = tf.reshape(log_px, [k, -1]) + annealing * log_prior_ratio
+        log_weights = tf.reshape(log_px, [k, -1]) - annealing * tf.reduce_sum(sample_rates, -1)
         gap = tf.reduce_mean(tf.reduce_mean(log_weights, 0) - log_mean_exp(log_weights, 0))
         loss += loss_scale(config) * gap
-    return Endpoints(z_mean, z_std, z, logits, reconstruction, distortion, rate, mean_squared_error, loss)
+    return Endpoints(posterior.z_mean, posterior.z_std, z, logits, reconstruction, distortion, rate, rates,
+                     mean_squared_error, loss)
 
 
 def fixed_latents(config, count):
@@ -316,9 +372,12 @@ def fixed_latents(config, count):
 # What build_inference_graph computes: feed images (and k) or z.
 InferenceGraph = collections.namedtuple('InferenceGraph', [
     'images',                   # placeholder: a batch of images
-    'reconstruction', 'z_mean', 'z_std',  # their posterior-mean reconstruction and posterior
+    'reconstruction',           # their reconstructions: the decoded z_mean
+    'z_mean', 'z_std',          # the posterior: its mean and stddev; with IAF, z_mean is posterior_centre (the
+                                # base's mean through the flow) and z_std the base's stddev
     'negative_elbo',            # per image, a one-sample estimate in nats under the decoder likelihood
-    'kl_per_dimension',         # [batch, z_dim] KL(q(z_j|x) || N(0, 1)) in nats: the rate of each dimension
+    'kl_per_dimension',         # [batch, z_dim] the rate of each dimension in nats (dimension_rates): KL(q(z_j|x)
+                                # || N(0, 1)), or with IAF the shares of the negative_elbo's sample
     'k', 'noise_seed',          # placeholders: samples per image, and the [2] seed of their noise
     'log_weights',              # [k, batch] importance log weights (importance_log_weights); the same seed
                                 # gives the same samples, whatever ran before
@@ -333,15 +392,16 @@ def build_inference_graph(config):
     z = tf1.placeholder(tf.float32, [None, config['z_dim']], name='eval_z')
     k = tf1.placeholder(tf.int32, [], name='k')
     noise_seed = tf1.placeholder_with_default(tf.constant([0, 0], tf.int64), [2], name='noise_seed')
-    model = build_vae(images, config, training=False)
+    posterior = encoder(images, config, training=False)
+    model = build_vae(images, config, training=False, posterior=posterior)
     decode_log_likelihood = lambda x, latents: log_likelihood(x, decoder(latents, config, training=False), config)
-    z_sample = model.z_mean + model.z_std * tf.random.normal(tf.shape(model.z_mean))
-    negative_elbo = kl_divergence(model.z_mean, model.z_std) - decode_log_likelihood(images, z_sample)
-    dimension_rates = kl_per_dimension(model.z_mean, model.z_std)
-    noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(model.z_mean)], 0), noise_seed)
-    log_weights = importance_log_weights(images, model.z_mean, model.z_std, decode_log_likelihood, noise)
+    z_sample, sample_rates = posterior_sample(posterior, tf.random.normal(tf.shape(posterior.z_mean)), config)
+    rates = dimension_rates(posterior, sample_rates[None], config)
+    negative_elbo = tf.reduce_sum(rates, axis=1) - decode_log_likelihood(images, z_sample)
+    noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(posterior.z_mean)], 0), noise_seed)
+    log_weights = importance_log_weights(images, posterior, decode_log_likelihood, noise, config)
     generation = decoded_image(decoder(z, config, training=False), config)
-    return InferenceGraph(images, model.reconstruction, model.z_mean, model.z_std, negative_elbo, dimension_rates,
+    return InferenceGraph(images, model.reconstruction, model.z, posterior.z_std, negative_elbo, rates,
                           k, noise_seed, log_weights, z, generation)
 
 
@@ -456,7 +516,7 @@ def build_training_graph(config, steps_per_epoch, train=None, cluster=None):
         train_op = optimizer.apply_gradients(gradients, global_step=global_step)
     with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
         step_after_update = tf.identity(global_step.read_value())
-    kl_dimensions = tf.reduce_mean(kl_per_dimension(endpoints.z_mean, endpoints.z_std), axis=0)
+    kl_dimensions = tf.reduce_mean(endpoints.dimension_rates, axis=0)
     # A histogram op fails on NaN; zeros keep the step running to the loop's own check, which stops training
     # before the summary is written.
     finite_or_zero = lambda t: tf.where(tf.math.is_finite(t), t, tf.zeros_like(t))

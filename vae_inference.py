@@ -223,6 +223,12 @@ def decoder_description(config):
     return 'bernoulli' + (' (fixed seeded binarisation of the test set)' if config['binarize'] else '')
 
 
+def posterior_description(config):
+    if config['iaf_depth']:
+        return f'IAF, {config["iaf_depth"]} steps of {config["iaf_width"]} units'
+    return 'factorised gaussian'
+
+
 def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension). progress_path:
     where the IWAE bound's progress is kept, for the weights of that digest (importance_weighted_bound)."""
@@ -237,6 +243,7 @@ def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     return {
         'test_images': len(images),
         'decoder': decoder_description(config),
+        'posterior': posterior_description(config),
         'reconstruction_mse': float(mse.mean()),
         'psnr_db': float(np.mean(10 * np.log10(peak ** 2 / np.maximum(mse, 1e-12)))),
         'kl_nats': float(kl.mean()),
@@ -260,6 +267,7 @@ def print_metrics(metrics):
     rows = [
         ('test images', f'{metrics["test_images"]}'),
         ('decoder', metrics['decoder']),
+        ('posterior q(z|x)', metrics.get('posterior', 'factorised gaussian')),  # (a record older than the flow)
         ('reconstruction MSE (posterior mean)', f'{metrics["reconstruction_mse"]:.5f}'),
         ('PSNR (peak = pixel range, mean over images)', f'{metrics["psnr_db"]:.2f} dB'),
         ('KL(q(z|x) || p(z))', f'{metrics["kl_nats"]:.2f} nats'),
@@ -1084,6 +1092,9 @@ def main(argv):
                         f'{options["refine_steps"]}')
     if options['fit_to'] not in ('means', 'samples'):
         raise UserError(f"--fit_to must be 'means' or 'samples', got {options['fit_to']!r}")
+    if options['fit_to'] == 'samples' and config['iaf_depth']:
+        raise UserError(f"--fit_to samples draws from a Gaussian posterior, and this run's q(z|x) is a flow (iaf_depth "
+                        f"{config['iaf_depth']}); fit to the posterior centres (--fit_to means, the default)")
     if not 0 <= options['gmm_components'] <= MAX_GMM_COMPONENTS:
         raise UserError(f'--gmm_components must be 0 (sized by the held-out likelihood) or a count of components up '
                         f'to {MAX_GMM_COMPONENTS:,} (one latent each), got {options["gmm_components"]}')

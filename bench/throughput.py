@@ -7,6 +7,7 @@
     python bench/throughput.py --dataset MNIST_bernoulli --samples 1,5 --steps 100   # the iwae objective's k
     python bench/throughput.py --dataset MNIST_bernoulli --evaluation   # vae_inference.py --evaluate's rate, k=5000
     python bench/throughput.py --fid --repeats 3         # Inception's images/s for vae_inference.py --fid
+    python bench/throughput.py --presets MNIST_bernoulli,MNIST_iaf --repeats 3   # presets' training and bound rates
 
 Each timed run is a process of its own (so its peak memory is its own); the cases alternate round by round,
 since this shared machine's speed drifts. It runs the training step exactly as
@@ -44,7 +45,8 @@ MNIST = os.path.join(ROOT, '..', 'shared', 'data', 'mnist')  # used when config'
 
 
 def forward_flops(config):
-    """Multiply-adds x 2 of one forward pass: (encoder with its two heads, decoder)."""
+    """Multiply-adds x 2 of one forward pass: (encoder with its heads, what runs once per sample of q(z|x): the
+    IAF's steps and the decoder)."""
     k2 = config['kernel_size'] ** 2
     height, width, channels = config['image_height'], config['image_width'], config['image_channels']
     encoder = 0
@@ -55,6 +57,10 @@ def forward_flops(config):
     features = height * width * channels
     encoder += 2 * 2 * features * config['z_dim']                # z_mean and z_std heads
     decoder = 2 * config['z_dim'] * features                     # decoder's first dense layer
+    if config['iaf_depth']:                                      # the context head; each step's MADE (iaf.step)
+        z_dim, units = config['z_dim'], config['iaf_width']
+        encoder += 2 * features * units
+        decoder += 2 * config['iaf_depth'] * (z_dim * units + 2 * units * units + 2 * units * z_dim)
     for filters, stride in zip(config['decoder_filters'], config['decoder_strides']):
         decoder += 2 * height * width * k2 * channels * filters  # each input pixel scatters a k x k x filters patch
         height, width, channels = height * stride, width * stride, filters
@@ -181,6 +187,15 @@ def run_case(config, options):
         steps = config_keys.steps_per_epoch(config, len(data['train']))
         rates, loss = time_steps(config, data, 'tf.data', options['repeats'], steps)
         result = {'rates': rates, 'loss': loss}
+    elif mode.startswith('preset:'):  # preset:<name>:<train or bound>, that preset's config under the flags
+        _, name, what = mode.split(':')
+        argv = [arg for arg in options['argv'] if arg != '--presets' and arg != options['presets']]
+        config, _ = command_line.parse_command_line(['--dataset', name, *argv], FLAGS)
+        if what == 'train':
+            rates, _ = time_steps(config, datasets.load_dataset(config), 'tf.data', 1, options['steps'])
+        else:
+            rates = bound_rates(config, {**options, 'repeats': 1})
+        result = {'rates': rates}
     elif mode.startswith('samples:'):  # samples:<train_samples>, the iwae objective
         config = {**config, 'objective': 'iwae', 'train_samples': int(mode.split(':')[1])}
         rates, _ = time_steps(config, datasets.load_dataset(config), 'tf.data', options['repeats'], options['steps'])
@@ -240,10 +255,10 @@ def precision_table(argv, config, options, ceiling, flops):
               f'{100 * median * flops / (ceiling * 1e9):>16.1f}% | {losses[(precision, batch)]:>15.5f} |')
 
 
-def evaluation_table(config, options, ceiling):
+def bound_rates(config, options):
     """The importance-weighted bound as vae_inference.py --evaluate runs it (the decodes of one session.run held
     within IWAE_MEMORY, the encoder once per image), on untrained weights (the arithmetic is the same): samples
-    (images x k) per second over `repeats` timed rounds, and the full protocol's time at the median rate."""
+    (images x k) per second in each of `repeats` timed rounds."""
     images = datasets.evaluation_images(config, datasets.load_dataset(config)['test_images'])[:options['eval_images']]
     k = options['k']
     with tf.Graph().as_default() as graph:
@@ -258,13 +273,20 @@ def evaluation_table(config, options, ceiling):
             start = time.perf_counter()
             vae_inference.importance_weighted_bound(sess, outputs, config, images, k)
             rates.append(len(images) * k / (time.perf_counter() - start))
+    return rates
+
+
+def evaluation_table(config, options, ceiling):
+    """bound_rates, and the full protocol's time at the median rate."""
+    images, k = options['eval_images'], options['k']
+    rates = bound_rates(config, options)
     encoder, decoder = forward_flops(config)
     flops = decoder + encoder / k
     median = np.median(rates)
     print(f'{config["dataset"]}: {decoder / 1e6:,.2f} MFLOP per decode, '
           f'{config_keys.decodes_per_run(config, vae_inference.IWAE_MEMORY):,} '
           f'decodes per session.run; 2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling '
-          f'{ceiling * 1e9 / flops:,.0f} samples/s; {options["repeats"]} rounds of {len(images)} images x k={k}')
+          f'{ceiling * 1e9 / flops:,.0f} samples/s; {options["repeats"]} rounds of {images} images x k={k}')
     print(f'| {"importance-weighted bound":<30} | {"samples/s median":>16} | {"min - max":>17} | '
           f'{"% of ceiling":>12} | {"10,000 images x 5,000":>21} |')
     print(f'| {"-" * 30} | {"-" * 15}:| {"-" * 16}:| {"-" * 11}:| {"-" * 20}:|')
@@ -332,19 +354,47 @@ def samples_table(argv, options):
               f'{median / base:>7.2f}x | {peaks[k]:>8,.0f} |')
 
 
+def presets_table(argv, options):
+    """Each preset's training step (the ELBO epochs' step, images/s) and importance-weighted bound (samples/s of
+    k = --k), one timed run per case and round, the cases alternated round by round."""
+    names = options['presets'].split(',')
+    cases = [(name, what) for name in names for what in ('train', 'bound')]
+    rates = {case: [] for case in cases}
+    for _ in range(options['repeats']):
+        for name, what in cases:
+            rates[name, what] += measure(argv + ['--repeats', '1'], f'preset:{name}:{what}')['rates']
+    base = {what: np.median(rates[names[0], what]) for what in ('train', 'bound')}
+    versus, bound = f'vs {names[0]}', f'bound samples/s, k={options["k"]}'
+    print(f'| {"preset":<20} | {"training images/s":>17} | {"min - max":>15} | {versus:>20} | {bound:>24} | '
+          f'{"min - max":>17} | {versus:>20} |')
+    print(f'| {"-" * 20} | {"-" * 16}:| {"-" * 14}:| {"-" * 19}:| {"-" * 23}:| {"-" * 16}:| {"-" * 19}:|')
+    for name in names:
+        row = [f'{name:<20}']
+        for what, width in (('train', (17, 7, 20)), ('bound', (24, 8, 20))):
+            values = rates[name, what]
+            median = np.median(values)
+            row += [f'{median:>{width[0]},.0f}', f'{min(values):>{width[1]},.0f}-{max(values):<{width[1]},.0f}',
+                    f'{median / base[what]:>{width[2] - 1}.2f}x']
+        print('| ' + ' | '.join(row) + ' |')
+
+
+FLAGS = {'repeats': (5, 'timed rounds of every case'),
+         'steps': (0, 'training steps in one timed run (0 = an epoch; CelebA 4)'),
+         'case': ('', 'internal: run one case in this process and print its result as JSON'),
+         'precisions': ('', 'comma-separated precisions to compare (e.g. float32,mixed_bfloat16)'),
+         'batch_sizes': ('256,512', 'batch sizes of the precision table'),
+         'evaluation': (None, "time vae_inference.py --evaluate's importance-weighted bound instead of training"),
+         'k': (5000, '--evaluation, --presets: importance samples per image'),
+         'eval_images': (20, '--evaluation, --presets: test images per timed round'),
+         'samples': ('', 'comma-separated train_samples k to compare under the iwae objective (e.g. 1,5)'),
+         'presets': ('', "comma-separated presets (config.py's dicts) whose training step and bound to compare"),
+         'fid': (None, "time vae_inference.py --fid's Inception instead of training"),
+         'fid_images': (100, '--fid: images per timed round'),
+         'fid_batch': (50, '--fid: images per session.run (vae_inference.py --fid uses 50)')}
+
+
 def main(argv):
-    flags = {'repeats': (5, 'timed rounds of every case'),
-             'steps': (0, 'training steps in one timed run (0 = an epoch; CelebA 4)'),
-             'case': ('', 'internal: run one case in this process and print its result as JSON'),
-             'precisions': ('', 'comma-separated precisions to compare (e.g. float32,mixed_bfloat16)'),
-             'batch_sizes': ('256,512', 'batch sizes of the precision table'),
-             'evaluation': (None, "time vae_inference.py --evaluate's importance-weighted bound instead of training"),
-             'k': (5000, '--evaluation: importance samples per image'),
-             'eval_images': (20, '--evaluation: test images per timed round'),
-             'samples': ('', 'comma-separated train_samples k to compare under the iwae objective (e.g. 1,5)'),
-             'fid': (None, "time vae_inference.py --fid's Inception instead of training"),
-             'fid_images': (100, '--fid: images per timed round'),
-             'fid_batch': (50, '--fid: images per session.run (vae_inference.py --fid uses 50)')}
+    flags = FLAGS
     config, options = command_line.parse_command_line(argv, flags, __doc__.split('\n\n')[0])
     celeba = config['dataset'] == 'celebA'
     if config['dataset'].startswith('MNIST') and not os.path.isdir(config['data_directory']) and os.path.isdir(MNIST):
@@ -358,7 +408,7 @@ def main(argv):
             config_keys.steps_per_epoch(config, len(datasets.load_dataset(config)['train']))
         argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
-        return run_case(config, options)
+        return run_case(config, {**options, 'argv': argv})
     ceiling = matmul_gflops(config)
     if options['evaluation']:
         return evaluation_table(config, options, ceiling)
@@ -366,6 +416,8 @@ def main(argv):
         return fid_table(config, options, ceiling)
     if options['samples']:
         return samples_table(argv, options)
+    if options['presets']:
+        return presets_table(argv, options)
     flops = training_flops_per_image(config)
     print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:,.1f} MFLOP per training image; '
           f'2048^3 fp32 matmul {ceiling:.0f} GFLOP/s -> ceiling {ceiling * 1e9 / flops:,.0f} images/s; '

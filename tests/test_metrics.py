@@ -18,9 +18,10 @@ from conftest import RUNS, TINY, evaluation_record, run_script, subset, tiny_con
 tf1 = tf.compat.v1
 
 
-def linear_gaussian_bounds(ks, points=200, seed=0):
+def linear_gaussian_bounds(ks, points=200, seed=0, iaf_depth=0):
     """A model with a closed-form marginal: z ~ N(0, I), x | z ~ N(W z + b, s^2 I), so x ~ N(b, W W^T + s^2 I).
-    q(z|x) is its exact posterior with the mean shifted and the stddev widened, so the ELBO is loose.
+    q(z|x) is its exact posterior with the mean shifted and the stddev widened, so the ELBO is loose; with
+    iaf_depth, that Gaussian carried through an IAF of that many steps with random weights and context.
     Returns exact log p(x) and, for each k, the per-point (ELBO estimate, IWAE bound)."""
     rng = np.random.RandomState(seed)
     z_dim, x_dim, noise = 3, 6, 0.5
@@ -33,7 +34,7 @@ def linear_gaussian_bounds(ks, points=200, seed=0):
     posterior_cov = np.linalg.inv(np.eye(z_dim) + w.T @ w / noise ** 2)
     posterior_mean = difference @ w @ posterior_cov.T / noise ** 2
     q_mean = posterior_mean + 0.3
-    q_std = np.tile(1.5 * np.sqrt(np.diag(posterior_cov)), (points, 1))
+    q_std = np.tile((3.0 if iaf_depth else 1.5) * np.sqrt(np.diag(posterior_cov)), (points, 1))  # the flow shrinks it
 
     def log_likelihood(images, z):
         mean = tf.matmul(z, tf.constant(w.T, tf.float32)) + tf.constant(b, tf.float32)
@@ -44,8 +45,13 @@ def linear_gaussian_bounds(ks, points=200, seed=0):
         tf1.set_random_seed(seed)
         k = tf1.placeholder(tf.int32, [])
         draws = tf.random.normal([k, points, z_dim])
-        log_weights = vae.importance_log_weights(tf.constant(x, tf.float32), tf.constant(q_mean, tf.float32),
-                                                 tf.constant(q_std, tf.float32), log_likelihood, draws)
+        flow = {'z_dim': z_dim, 'iaf_depth': iaf_depth, 'iaf_width': 8}
+        context = tf.constant(rng.normal(size=(points, flow['iaf_width'])), tf.float32) if iaf_depth else None
+        posterior = vae.Posterior(tf.constant(q_mean, tf.float32), tf.constant(q_std, tf.float32), context)
+        log_weights = vae.importance_log_weights(tf.constant(x, tf.float32), posterior, log_likelihood, draws, flow)
+        rng = np.random.RandomState(seed + 1)
+        for variable in tf1.global_variables():  # the flow's weights: random, not the near-identity start
+            variable.load(0.2 * rng.standard_normal(variable.shape.as_list()).astype(np.float32), sess)
         for value in ks:
             weights = sess.run(log_weights, {k: value}).astype(np.float64)
             results[value] = (weights.mean(axis=0), vae_inference.numpy_log_mean_exp(weights, axis=0))

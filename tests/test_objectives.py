@@ -129,7 +129,7 @@ def test_iwae_objective_with_one_sample_is_the_elbo_loss_and_tighter_with_more(t
 def test_free_bits_stop_the_gradient_of_dimensions_below_the_threshold():
     z_mean = tf.constant([[0.1, 2.0, 0.0], [-0.1, 2.0, 0.5]])  # batch-mean KL 0.005, 2.0, 0.0625 nats
     z_std = tf.ones_like(z_mean)
-    term = vae.kl_term(z_mean, z_std, free_bits=0.1)
+    term = vae.kl_term(vae.kl_per_dimension(z_mean, z_std), free_bits=0.1)
     gradient = tf.gradients(term, z_mean)[0]
     with tf1.Session() as sess:
         value, gradient = sess.run([term, gradient])
@@ -137,7 +137,8 @@ def test_free_bits_stop_the_gradient_of_dimensions_below_the_threshold():
     assert np.all(gradient[:, [0, 2]] == 0)  # below 0.1 nats: free
     assert np.all(gradient[:, 1] != 0)
     with tf1.Session() as sess:  # without free bits, the plain KL and its gradient
-        assert sess.run(vae.kl_term(z_mean, z_std, free_bits=0)) == pytest.approx(0.005 + 2.0 + 0.0625)
+        assert sess.run(vae.kl_term(vae.kl_per_dimension(z_mean, z_std), free_bits=0)) == \
+            pytest.approx(0.005 + 2.0 + 0.0625)
 
 
 def test_the_test_elbo_printed_at_each_save_weighs_the_kl_by_one(tmp_path, mnist, capsys):

@@ -1,0 +1,188 @@
+"""The inverse autoregressive flow on q(z|x) (iaf.py): its masks and log-determinant against a numerical Jacobian,
+the importance-weighted bound of a flow posterior against an exact likelihood, and an IAF run end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import command_line
+import config_keys
+import iaf
+import vae
+import vae_inference
+from conftest import BERNOULLI, evaluation_record, run_script
+import test_saved_model
+from test_metrics import linear_gaussian_bounds
+
+tf1 = tf.compat.v1
+
+
+def randomised(sess, scale, seed=0):
+    """Every variable of the graph set to scale * N(0, 1): a flow far from its near-identity start, so the tests
+    see its masks and gates at work."""
+    rng = np.random.RandomState(seed)
+    for variable in tf1.global_variables():
+        variable.load(scale * rng.standard_normal(variable.shape.as_list()).astype(np.float32), sess)
+
+
+def numerical_jacobian(function, x, epsilon=1e-2):
+    """[batch, out, in] central differences of a batched function of [batch, in] float64 inputs."""
+    columns = []
+    for i in range(x.shape[1]):
+        step = np.zeros_like(x)
+        step[:, i] = epsilon
+        columns.append((function(x + step) - function(x - step)) / (2 * epsilon))
+    return np.stack(columns, axis=2)
+
+
+def numpy_function(build, z_dim=4, context_units=16, batch=6, seed=0, scale=0.2):
+    """(f, log_gates): build(z0, context) -> (z, log_gates) of randomised weights, as numpy functions of z0."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(seed)  # (op determinism, when another test turned it on, wants seeded initialisers)
+        z0 = tf1.placeholder(tf.float32, [None, z_dim])
+        context = tf.constant(np.random.RandomState(seed + 1).standard_normal((batch, context_units)), tf.float32)
+        z, log_gates = build(z0, context)
+        sess = tf1.Session(graph=graph)
+        randomised(sess, scale, seed)
+    run = lambda tensor, x: sess.run(tensor, {z0: x.astype(np.float32)}).astype(np.float64)
+    return (lambda x: run(z, x)), (lambda x: run(log_gates, x))
+
+
+def test_one_step_is_autoregressive_in_its_order_with_the_gates_on_the_diagonal():
+    x = np.random.RandomState(2).standard_normal((6, 4))
+    upper = np.triu(np.ones((4, 4)), 1).astype(bool)  # [output, input] pairs with the input after the output
+    for reverse in (False, True):
+        f, log_gates = numpy_function(lambda z0, context: iaf.step(z0, context, 16, reverse, 'step'))
+        jacobian = numerical_jacobian(f, x)
+        later = upper.T if reverse else upper  # in the reversed order, the inputs after an output are below it
+        assert np.abs(jacobian[:, later]).max() < 1e-3, (reverse, jacobian[0])
+        assert np.allclose(np.diagonal(jacobian, axis1=1, axis2=2), np.exp(log_gates(x)), atol=2e-3)
+        assert np.abs(jacobian[:, ~later & ~np.eye(4, dtype=bool)]).max(axis=0).min() > 1e-3  # earlier ones are seen
+
+
+def test_the_flows_log_determinant_is_the_numerical_jacobians():
+    x = np.random.RandomState(3).standard_normal((6, 4))
+    f, log_gates = numpy_function(lambda z0, context: iaf.flow(z0, context, 4, 16))
+    _, numerical = np.linalg.slogdet(numerical_jacobian(f, x))
+    found = log_gates(x).sum(axis=1)
+    assert np.allclose(found, numerical, atol=2e-3), (found, numerical)
+    assert np.ptp(found) > 0.1  # the determinant depends on z: a test of more than a constant
+
+
+def test_made_masks_connect_each_output_to_exactly_the_inputs_before_it():
+    for reverse in (False, True):
+        first, hidden, last = iaf.made_masks(5, 12, reverse)
+        reaches = (first @ hidden @ last) > 0  # [input, output]: is there a path?
+        order = np.arange(5)[::-1] if reverse else np.arange(5)
+        position = np.argsort(order)
+        assert np.array_equal(reaches, position[:, None] < position[None, :])
+
+
+def test_the_bound_of_a_flow_posterior_matches_the_exact_likelihood():
+    """The importance-weighted bound with an IAF q(z|x) (randomised weights) is log p(x) within its standard error
+    at large k: log q includes the flow's log-determinant (dropping it biases the bound by nats)."""
+    exact, results = linear_gaussian_bounds([1, 20000], iaf_depth=2)
+    elbo, bound = results[20000]
+    gap = bound - exact
+    assert abs(gap.mean()) < 3 * gap.std() / np.sqrt(len(gap)) + 1e-3, gap.mean()
+    assert np.all(np.abs(gap) < 0.25), np.abs(gap).max()
+    assert np.mean(exact - elbo) > 1  # the flow's q is not the posterior: the ELBO is clearly loose
+
+
+def iaf_flags(run):
+    return [*BERNOULLI, '--iaf_depth', '2', '--iaf_width', '16', '--run_directory', str(run)]
+
+
+@pytest.fixture(scope='module')
+def iaf_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp('iaf') / 'run'
+    result = run_script('vae.py', *iaf_flags(run))
+    assert result.returncode == 0, result.stderr
+    return run, result
+
+
+def test_an_iaf_run_trains_records_its_flow_and_is_scored_with_it(iaf_run):
+    run, result = iaf_run
+    saved = json.load(open(os.path.join(run, 'config.json')))
+    assert (saved['iaf_depth'], saved['iaf_width']) == (2, 16)
+    config, _ = command_line.parse_command_line(['--run_directory', str(run)], from_run=True)
+    assert (config['iaf_depth'], config['iaf_width']) == (2, 16)  # restored from config.json alone
+    assert run_script('vae_inference.py', '--run_directory', str(run), '--evaluate', '--k', '50', '--num_test', '100',
+                      '--data_directory', BERNOULLI[BERNOULLI.index('--data_directory') + 1]).returncode == 0
+    record = evaluation_record(run)
+    assert record['negative_iwae_nats'] < record['negative_elbo_nats']
+    assert record['posterior'] == 'IAF, 2 steps of 16 units'
+    # The flow is in the graph the bound is computed in: with its gates forced to 1 (the identity) the bound moves.
+    sess, outputs, _ = vae_inference.restore(config)
+    with sess:
+        images = np.random.RandomState(0).binomial(1, 0.3, (8, 28, 28, 1)).astype(np.float32)
+        feed = {outputs.images: images, outputs.k: 4}
+        before = sess.run(outputs.log_weights, feed)
+        centre = sess.run(outputs.z_mean, {outputs.images: images})
+        gate_biases = [v for v in tf1.global_variables() if v.name.startswith('iaf/') and '/gate/b' in v.name]
+        assert len(gate_biases) == 2
+        for v in gate_biases:
+            v.load(np.full(v.shape.as_list(), 50.0, np.float32), sess)
+        after = sess.run(outputs.log_weights, feed)
+        base_mean = sess.run(sess.graph.get_tensor_by_name('encoder/z_mean/add:0'), {outputs.images: images})
+        assert np.allclose(sess.run(outputs.z_mean, {outputs.images: images}), base_mean, atol=1e-5)
+    assert not np.allclose(before, after)
+    assert not np.allclose(centre, base_mean, atol=1e-3)  # the code reconstructions decode is the flow's
+
+
+def test_an_iaf_run_refuses_draws_of_a_gaussian_posterior_and_a_changed_flow(iaf_run):
+    run, _ = iaf_run
+    data = ['--data_directory', BERNOULLI[BERNOULLI.index('--data_directory') + 1]]
+    result = run_script('vae_inference.py', '--run_directory', str(run), '--fid', '--sampler', 'gmm', '--fit_to',
+                        'samples', *data)
+    assert result.returncode == 1 and result.stderr.startswith('error: --fit_to samples') and \
+        len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = run_script('vae.py', *iaf_flags(run), '--iaf_depth', '3', '--num_epoch', '3')
+    assert result.returncode == 1 and 'iaf_depth=2' in result.stderr, result.stderr
+
+
+def test_an_older_run_folder_without_the_flow_keys_is_read_as_one_without_a_flow(tmp_path):
+    run = tmp_path / 'run'
+    os.makedirs(run / 'models')
+    open(run / 'models' / 'model_0.index', 'w').close()  # a checkpoint's listing: config.json decides the model
+    config, _ = command_line.parse_command_line(BERNOULLI + ['--run_directory', str(run)])
+    record = {key: config[key] for key in config if key in config_keys.KEY_TYPES and not key.startswith('iaf_')}
+    json.dump(record, open(run / 'config.json', 'w'))
+    config, _ = command_line.parse_command_line(['--run_directory', str(run)], from_run=True)
+    assert (config['iaf_depth'], config['iaf_width']) == (0, 320)
+    with pytest.raises(Exception, match='iaf_depth=0'):
+        command_line.parse_command_line(['--run_directory', str(run), '--iaf_depth', '2'], from_run=True)
+
+
+def test_the_model_weights_count_the_flow():
+    config, _ = command_line.parse_command_line(['--dataset', 'MNIST_bernoulli', '--iaf_depth', '2', '--iaf_width',
+                                                 '64'])
+    with tf.Graph().as_default():
+        tf1.set_random_seed(0)
+        vae.build_vae(tf1.placeholder(tf.float32, [None, 28, 28, 1]), config, training=True)
+        found = sum(int(np.prod(v.shape)) for v in tf1.trainable_variables() if v.shape.ndims >= 2)
+    assert config_keys.model_weights(config) == found
+
+
+@pytest.mark.slow
+@pytest.mark.process  # the SavedModel in a plain-TensorFlow child, without the repository
+def test_the_saved_model_of_an_iaf_run_encodes_and_bounds_with_the_flow(iaf_run, tmp_path):
+    run, _ = iaf_run
+    folder = tmp_path / 'exported'
+    assert run_script('vae_inference.py', '--run_directory', str(run), '--saved_model', folder).returncode == 0
+    config, sess, outputs, _ = test_saved_model.restored(run)
+    images, k = test_saved_model.first_test_images(config, 10), 9
+    z = np.random.RandomState(0).standard_normal((6, config['z_dim'])).astype(np.float32)
+    np.savez(tmp_path / 'inputs.npz', images=images, z=z, k=k)
+    child = subprocess.run([sys.executable, '-I', '-c', test_saved_model.PLAIN_TENSORFLOW, folder,
+                            tmp_path / 'inputs.npz', tmp_path / 'outputs.npz'], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, child.stderr
+    with sess:
+        test_saved_model.assert_vae_inferences_numbers(sess, outputs, config, images, z, k,
+                                                       dict(np.load(tmp_path / 'outputs.npz')))
