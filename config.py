@@ -18,6 +18,7 @@ config_mnist = {
     'decoder_min_variance': 0.001, 'encoder_filters': [16, 32, 64], 'encoder_strides': [2, 2, 2],
     'decoder_filters': [64, 32, 1], 'decoder_strides': [2, 2, 2], 'output_head': 'dense_sigmoid', 'kernel_size': 3,
     'init_stddev': 0.02, 'bn_momentum': 0.99, 'bn_epsilon': 0.001, 'iaf_depth': 0, 'iaf_width': 320,
+    'prior_flow_depth': 0, 'prior_flow_width': 320,
     # training
     'batch_size': 256, 'num_epoch': 100, 'learning_rate': 0.0005, 'learning_rate_decay': 1.0,
     'kl_schedule': 'constant', 'kl_warmup_epochs': 10, 'kl_cycle_epochs': 10, 'kl_cycle_ramp': 0.5, 'free_bits': 0.0,
@@ -124,9 +125,12 @@ descriptions = {
         'init_stddev': 'stddev of the truncated-normal initial weights',
         'bn_momentum': 'decay of the batch-norm moving averages used at inference',
         'bn_epsilon': 'batch-norm variance epsilon',
-        'iaf_depth': 'steps of inverse autoregressive flow on q(z|x) (Kingma et al. 2016, iaf.py); 0 = the '
+        'iaf_depth': 'steps of inverse autoregressive flow on q(z|x) (Kingma et al. 2016, autoregressive_flows.py); 0 = the '
                      'factorised Gaussian posterior',
         'iaf_width': "units of each IAF step's two hidden layers (MADE) and of the encoder's context for them",
+        'prior_flow_depth': 'steps of masked autoregressive flow on N(0, I) as the prior p(z) (Papamakarios et al. '
+                            '2017, autoregressive_flows.py); 0 = the N(0, I) prior',
+        'prior_flow_width': "units of each prior step's two hidden layers (MADE)",
     },
     'training': {
         'batch_size': 'images per training step (the last partial batch of an epoch is dropped)',

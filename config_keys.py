@@ -23,7 +23,7 @@ KEY_TYPES = {
     'z_dim': int, 'likelihood': str, 'kl_weight': float, 'decoder_variance': str, 'decoder_min_variance': float,
     'encoder_filters': [int], 'encoder_strides': [int], 'decoder_filters': [int], 'decoder_strides': [int],
     'output_head': str, 'kernel_size': int, 'init_stddev': float, 'bn_momentum': float, 'bn_epsilon': float,
-    'iaf_depth': int, 'iaf_width': int,
+    'iaf_depth': int, 'iaf_width': int, 'prior_flow_depth': int, 'prior_flow_width': int,
     'batch_size': int, 'num_epoch': int, 'learning_rate': float, 'learning_rate_decay': float, 'kl_schedule': str,
     'kl_warmup_epochs': int, 'kl_cycle_epochs': int, 'kl_cycle_ramp': float, 'free_bits': float, 'objective': str,
     'train_samples': int, 'iwae_start_epoch': int, 'save_every': int, 'summary_every': int, 'seed': int,
@@ -42,10 +42,10 @@ CHOICES = {'dataset': ('MNIST', 'celebA'), 'likelihood': ('gaussian', 'gaussian_
 RANGES = [
     (('z_dim', 'batch_size', 'num_epoch', 'train_samples', 'image_height', 'image_width', 'image_channels',
       'kernel_size', 'save_every', 'summary_every', 'kl_cycle_epochs', 'num_clones', 'worker_replicas',
-      'iaf_width'),
+      'iaf_width', 'prior_flow_width'),
      lambda v: v > 0, 'positive'),
     (('num_train_images', 'num_test_images', 'kl_warmup_epochs', 'iwae_start_epoch', 'num_threads',
-      'num_ps_tasks', 'task', 'iaf_depth'), lambda v: v >= 0, '>= 0'),
+      'num_ps_tasks', 'task', 'iaf_depth', 'prior_flow_depth'), lambda v: v >= 0, '>= 0'),
     (('learning_rate', 'init_stddev', 'bn_epsilon', 'decoder_min_variance'), lambda v: 0 < v < math.inf,
      'positive and finite'),
     (('kl_weight', 'free_bits'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
@@ -66,10 +66,11 @@ TRAINING_MEMORY = 2 ** 34
 RUN_IDENTITY_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels', 'z_dim', 'encoder_filters',
                      'encoder_strides', 'decoder_filters', 'decoder_strides', 'output_head', 'kernel_size',
                      'likelihood', 'decoder_variance', 'decoder_min_variance', 'binarize', 'kl_weight', 'test_seed',
-                     'celebA_crop', 'bn_epsilon', 'iaf_depth', 'iaf_width')
+                     'celebA_crop', 'bn_epsilon', 'iaf_depth', 'iaf_width',
+                     'prior_flow_depth', 'prior_flow_width')
 # Identity keys added after runs were first recorded, with the value every run before them was trained with: a
 # config.json without one is read as that value (an older run has no flow), never as config.py's.
-LATER_IDENTITY_KEYS = {'iaf_depth': 0, 'iaf_width': 320}
+LATER_IDENTITY_KEYS = {'iaf_depth': 0, 'iaf_width': 320, 'prior_flow_depth': 0, 'prior_flow_width': 320}
 # What an epoch is: the global step counts updates, and the epochs it stands for would move.
 EPOCH_KEYS = ('batch_size', 'num_train_images')
 # This process's place in the world: from config.py, the flags and TF_CONFIG, never from the run's config.json.
@@ -310,12 +311,13 @@ def model_weights(config):
         height, width = height * stride, width * stride
     if config['output_head'] == 'dense_sigmoid':
         weights += height * width * channels * int(np.prod(image_shape(config)))
-    if config['iaf_depth']:  # the encoder's context head, then each step's MADE (iaf.step): z and the context into
-        # the first hidden layer, the second hidden layer, the shift and gate heads
-        z_dim, units = config['z_dim'], config['iaf_width']
+    z_dim, units = config['z_dim'], config['iaf_width']
+    if config['iaf_depth']:  # the encoder's context head, then each step's MADE (autoregressive_flows.made): z and
+        # the context into the first hidden layer, the second hidden layer, the two heads
         weights += int(np.prod(encoder_output_shape(config))) * units
         weights += config['iaf_depth'] * (z_dim * units + 2 * units * units + 2 * units * z_dim)
-    return weights
+    units = config['prior_flow_width']  # each prior step's MADE: no context
+    return weights + config['prior_flow_depth'] * (z_dim * units + units * units + 2 * units * z_dim)
 
 
 def images_per_update(config):

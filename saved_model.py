@@ -27,7 +27,8 @@ SIGNATURES = {
     'reconstruct': ({'images': 'float32 [N, H, W, C]'},
                     {'images': 'float32 [N, H, W, C]: decode(encode(images).z_mean)'}),
     'sample': ({'count': 'int32 [], images to draw', 'seed': 'int64 [2], the stateless seed of z'},
-               {'z': 'float32 [count, z_dim] ~ N(0, I)', 'images': 'float32 [count, H, W, C]: decode(z)'}),
+               {'z': 'float32 [count, z_dim] ~ p(z): N(0, I), or the MAF prior (prior_flow_depth)',
+                'images': 'float32 [count, H, W, C]: decode(z)'}),
     'importance_weighted_bound': (
         {'images': 'float32 [N, H, W, C]', 'k': 'int32 [], samples per image (k * N decodes in one call)',
          'seed': 'int64 [2], the stateless seed of the samples'},
@@ -45,7 +46,8 @@ def signature_tensors(config):
     # The signatures bind inputs to the placeholders' shapes (another image shape or z width is a TypeError), but
     # not the scalars' values: count < 0 and k < 1 (a NaN bound) fail with the rule, before anything is computed.
     with tf.control_dependencies([tf.debugging.assert_non_negative(count, message='count must be at least 0')]):
-        z = tf.random.stateless_normal(tf.stack([tf.identity(count), config['z_dim']]), seed)
+        z = vae.prior_sample(tf.random.stateless_normal(tf.stack([tf.identity(count), config['z_dim']]), seed),
+                             config)
     sampled = vae.decoded_image(vae.decoder(z, config, training=False), config)
     # The bound as vae_inference.importance_weighted_bound computes it: log-mean-exp over k in float64.
     log_weights = tf.cast(outputs.log_weights, tf.float64)

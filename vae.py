@@ -32,7 +32,7 @@ import config_keys
 import datasets
 import deploy
 import hparams
-import iaf
+import autoregressive_flows
 import pictures
 import process
 import run_folder
@@ -228,6 +228,31 @@ def normal_log_density(z, mean, std):
     return -0.5 * tf.reduce_sum(np.log(2 * np.pi) + 2.0 * tf.math.log(std) + tf.square((z - mean) / std), axis=-1)
 
 
+def flows(config):
+    """Whether q(z|x) or p(z) is a flow (autoregressive_flows.py): the rate is then an expectation, estimated from
+    samples, where the Gaussian posterior's KL from N(0, I) has a closed form."""
+    return bool(config['iaf_depth'] or config['prior_flow_depth'])
+
+
+def flat_latents(function, z, config):
+    """function of [rows, z_dim] applied to z of any leading shape, its outputs shaped like z."""
+    outputs = function(tf.reshape(z, [-1, config['z_dim']]))
+    return [tf.reshape(output, tf.shape(z)) for output in outputs]
+
+
+def prior_log_density(z, config):
+    """[..., z_dim] each dimension's term of log p(z): N(0, I), or with prior_flow_depth > 0 the MAF prior's."""
+    if not config['prior_flow_depth']:
+        return -0.5 * (np.log(2 * np.pi) + tf.square(z))
+    return flat_latents(lambda flat: [autoregressive_flows.prior_log_density(
+        flat, config['prior_flow_depth'], config['prior_flow_width'])], z, config)[0]
+
+
+def prior_sample(noise, config):
+    """Latents of the prior from noise ~ N(0, I) [batch, z_dim]: the noise itself, or through the MAF prior."""
+    return autoregressive_flows.prior_sample(noise, config['prior_flow_depth'], config['prior_flow_width'])
+
+
 def posterior_sample(posterior, noise, config):
     """Samples of q(z|x) by the reparameterisation z0 = z_mean + z_std * noise (noise [..., batch, z_dim] standard
     normal, the posterior broadcast against it), carried through the IAF's steps when iaf_depth > 0. Returns z and
@@ -237,13 +262,12 @@ def posterior_sample(posterior, noise, config):
     z = z_mean + z_std * noise
     log_q = -0.5 * (np.log(2 * np.pi) + 2.0 * tf.math.log(z_std) + tf.square(noise))
     if config['iaf_depth']:
-        shape = tf.shape(z)
-        context = tf.broadcast_to(context, tf.concat([shape[:-1], tf.shape(context)[-1:]], 0))
-        flat_z, log_gates = iaf.flow(tf.reshape(z, [-1, config['z_dim']]),
-                                     tf.reshape(context, [-1, config['iaf_width']]),
-                                     config['iaf_depth'], config['iaf_width'])
-        z, log_q = tf.reshape(flat_z, shape), log_q - tf.reshape(log_gates, shape)
-    return z, log_q + 0.5 * (np.log(2 * np.pi) + tf.square(z))
+        context = tf.broadcast_to(context, tf.concat([tf.shape(z)[:-1], tf.shape(context)[-1:]], 0))
+        flat_context = tf.reshape(context, [-1, config['iaf_width']])
+        z, log_gates = flat_latents(lambda flat: autoregressive_flows.posterior_flow(
+            flat, flat_context, config['iaf_depth'], config['iaf_width']), z, config)
+        log_q -= log_gates
+    return z, log_q - prior_log_density(z, config)
 
 
 def posterior_centre(posterior, config):
@@ -251,14 +275,15 @@ def posterior_centre(posterior, config):
     iaf_depth > 0 z_mean carried through the flow (the image of the base's mode)."""
     if not config['iaf_depth']:
         return posterior.z_mean
-    return iaf.flow(posterior.z_mean, posterior.context, config['iaf_depth'], config['iaf_width'])[0]
+    return autoregressive_flows.posterior_flow(posterior.z_mean, posterior.context, config['iaf_depth'],
+                                               config['iaf_width'])[0]
 
 
 def dimension_rates(posterior, sample_rates, config):
     """[batch, z_dim] rate of each latent dimension of each image: KL(q(z_j|x) || N(0, 1)) in closed form for the
-    Gaussian posterior; with iaf_depth > 0 the mean over the samples ([k, batch, z_dim], posterior_sample's) of
-    their shares of log q(z|x) - log p(z)."""
-    if not config['iaf_depth']:
+    Gaussian posterior and prior; with a flow (flows) the mean over the samples ([k, batch, z_dim],
+    posterior_sample's) of their shares of log q(z|x) - log p(z)."""
+    if not flows(config):
         return kl_per_dimension(posterior.z_mean, posterior.z_std)
     return tf.reduce_mean(sample_rates, axis=0)
 
@@ -309,8 +334,8 @@ Endpoints = collections.namedtuple('Endpoints', [
                                 # (sample-major, posterior_samples), posterior_centre otherwise
     'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits), per z
     'distortion',               # batch-mean -log p(x|z) in nats under the decoder likelihood, over the samples
-    'rate',                     # batch-mean KL(q(z|x) || N(0, I)) in nats (the true KL, whatever the schedule):
-                                # closed form, or with IAF the mean of log q(z|x) - log p(z) over the samples
+    'rate',                     # batch-mean KL(q(z|x) || p(z)) in nats (the true KL, whatever the schedule):
+                                # closed form, or with a flow the mean of log q(z|x) - log p(z) over the samples
     'dimension_rates',          # [batch, z_dim] its share in each latent dimension (dimension_rates)
     'mean_squared_error',       # of the reconstructions, per pixel (the 'gaussian' loss's distortion term)
     'loss',                     # what training minimises (build_vae's docstring)
@@ -341,9 +366,9 @@ def build_vae(images, config, training, annealing=1.0, posterior=None):
         flat_images, z, sample_rates = posterior_samples(images, posterior, noise, config)
     else:
         flat_images, z = images, posterior_centre(posterior, config)
-        # the rate of a flow is an expectation: one sample of it (the Gaussian's is in closed form)
+        # the rate under a flow is an expectation: one sample of it (the Gaussians' is in closed form)
         sample_rates = posterior_sample(posterior, tf.random.normal(tf.shape(posterior.z_mean))[None],
-                                        config)[1] if config['iaf_depth'] else None
+                                        config)[1] if flows(config) else None
     logits = decoder(z, config, training)
     reconstruction = decoded_image(logits, config)
     mean_squared_error = tf.reduce_mean(tf.square(flat_images - reconstruction))
@@ -365,7 +390,8 @@ def build_vae(images, config, training, annealing=1.0, posterior=None):
 
 
 def fixed_latents(config, count):
-    """The same `count` prior samples z ~ N(0, I) for every frame of a run (seeded)."""
+    """The same `count` N(0, I) draws for every frame of a run (seeded): the prior's samples, or with a flow prior
+    the noise prior_latents turns into them."""
     return np.random.RandomState(config['seed']).standard_normal((count, config['z_dim'])).astype(np.float32)
 
 
@@ -382,6 +408,7 @@ InferenceGraph = collections.namedtuple('InferenceGraph', [
     'log_weights',              # [k, batch] importance log weights (importance_log_weights); the same seed
                                 # gives the same samples, whatever ran before
     'z', 'generation',          # placeholder: latents, and their decoded images
+    'prior_noise', 'prior_z',   # placeholder: N(0, I) noise, and the prior's latents of it (prior_sample)
 ])
 
 
@@ -401,8 +428,14 @@ def build_inference_graph(config):
     noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(posterior.z_mean)], 0), noise_seed)
     log_weights = importance_log_weights(images, posterior, decode_log_likelihood, noise, config)
     generation = decoded_image(decoder(z, config, training=False), config)
+    prior_noise = tf1.placeholder(tf.float32, [None, config['z_dim']], name='prior_noise')
     return InferenceGraph(images, model.reconstruction, model.z, posterior.z_std, negative_elbo, rates,
-                          k, noise_seed, log_weights, z, generation)
+                          k, noise_seed, log_weights, z, generation, prior_noise, prior_sample(prior_noise, config))
+
+
+def prior_latents(sess, outputs, noise):
+    """The prior's latents of N(0, I) noise (fixed_latents, say), through an InferenceGraph's session."""
+    return sess.run(outputs.prior_z, {outputs.prior_noise: noise})
 
 
 def run_in_batches(sess, tensors, placeholder, inputs, batch_size=500):
@@ -547,7 +580,7 @@ def save_grids(sess, model, config, epoch, fixed_images, latents, writer):
     inference = model.inference
     reconstructions, generations, step = sess.run(
         [inference.reconstruction, inference.generation, model.global_step],
-        {inference.images: fixed_images, inference.z: latents})
+        {inference.images: fixed_images, inference.z: prior_latents(sess, inference, latents)})
     for key, images in (('real_directory', fixed_images), ('recons_directory', reconstructions),
                         ('gen_directory', generations)):
         path = os.path.join(run_folder.run_path(config, key), f'epoch_{epoch:04d}.png')

@@ -229,6 +229,12 @@ def posterior_description(config):
     return 'factorised gaussian'
 
 
+def prior_description(config):
+    if config['prior_flow_depth']:
+        return f'MAF, {config["prior_flow_depth"]} steps of {config["prior_flow_width"]} units'
+    return 'N(0, I)'
+
+
 def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
     """Test-set metrics; the ELBO and IWAE figures are in nats per image (and bits per dimension). progress_path:
     where the IWAE bound's progress is kept, for the weights of that digest (importance_weighted_bound)."""
@@ -244,6 +250,7 @@ def evaluate(sess, outputs, config, images, k, progress_path=None, weights=''):
         'test_images': len(images),
         'decoder': decoder_description(config),
         'posterior': posterior_description(config),
+        'prior': prior_description(config),
         'reconstruction_mse': float(mse.mean()),
         'psnr_db': float(np.mean(10 * np.log10(peak ** 2 / np.maximum(mse, 1e-12)))),
         'kl_nats': float(kl.mean()),
@@ -267,7 +274,8 @@ def print_metrics(metrics):
     rows = [
         ('test images', f'{metrics["test_images"]}'),
         ('decoder', metrics['decoder']),
-        ('posterior q(z|x)', metrics.get('posterior', 'factorised gaussian')),  # (a record older than the flow)
+        ('posterior q(z|x)', metrics.get('posterior', 'factorised gaussian')),  # (a record older than the flows)
+        ('prior p(z)', metrics.get('prior', 'N(0, I)')),
         ('reconstruction MSE (posterior mean)', f'{metrics["reconstruction_mse"]:.5f}'),
         ('PSNR (peak = pixel range, mean over images)', f'{metrics["psnr_db"]:.2f} dB'),
         ('KL(q(z|x) || p(z))', f'{metrics["kl_nats"]:.2f} nats'),
@@ -318,7 +326,7 @@ def manifold_grid(sess, outputs, side=MANIFOLD_SIDE):
     CDF, so that equal areas of the grid carry equal prior mass."""
     quantiles = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.5 / side, 1 - 0.5 / side, side)]
     z = np.array([[x, y] for y in quantiles[::-1] for x in quantiles], np.float32)
-    return generate(sess, outputs, z)
+    return generate(sess, outputs, vae.prior_latents(sess, outputs, z))  # (through a flow prior, its quantiles)
 
 
 def principal_components(points, count=2):
@@ -594,7 +602,7 @@ def write_samples(sess, outputs, config, data, test_images, epoch, prefix, optio
     write_grid(config, planned['reconstructions'], pairs, 2 * RECONSTRUCTED_ROWS, GRID_COLUMNS,
                f'epoch {epoch}: test / reconstruction')
     write_grid(config, planned['generations'], samples, GRID_COLUMNS, GRID_COLUMNS,
-               f'epoch {epoch}: samples of {SAMPLER_TITLES[sampler]}'
+               f'epoch {epoch}: samples of {sampler_title(config, sampler)}'
                + ('' if sampler == 'prior' else f' of the {LATENTS_ARE[options["fit_to"]]}')
                + (f', refined by {options["refine_steps"]} of the chain\'s steps' if options['refine_steps'] else ''))
 
@@ -700,6 +708,10 @@ MAX_FLOW_EPOCHS = 10 ** 4  # the flow keeps its best held-out epoch: more only c
 MAX_REFINE_STEPS = 100  # each step encodes and decodes every latent once
 SAMPLER_TITLES = {'prior': 'N(0, I)', 'gmm': 'a Gaussian mixture', 'flow': 'a RealNVP flow',
                   'two_stage': 'a second-stage VAE'}  # of the LATENTS_ARE of --fit_to
+def sampler_title(config, sampler):
+    return 'the MAF prior' if sampler == 'prior' and config['prior_flow_depth'] else SAMPLER_TITLES[sampler]
+
+
 FITTED_SAMPLERS = {'gmm': mixture, 'flow': flow, 'two_stage': two_stage}  # module: its fit, sample and what it keeps
 
 
@@ -970,7 +982,7 @@ def sampler_latents(sess, outputs, config, data, epoch, prefix, options, count):
     fitted to the training set's posterior means (fitted_sampler), after --refine_steps steps of the chain (refined);
     and what the FID record says of the fit."""
     if options['sampler'] == 'prior':
-        latents, facts = vae.fixed_latents(config, count), {}
+        latents, facts = vae.prior_latents(sess, outputs, vae.fixed_latents(config, count)), {}
     else:
         arrays = fitted_sampler(sess, outputs, config, data, epoch, run_folder.checkpoint_digest(prefix), options)
         latents = FITTED_SAMPLERS[options['sampler']].sample(arrays, count, config['seed'])

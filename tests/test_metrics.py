@@ -45,7 +45,7 @@ def linear_gaussian_bounds(ks, points=200, seed=0, iaf_depth=0):
         tf1.set_random_seed(seed)
         k = tf1.placeholder(tf.int32, [])
         draws = tf.random.normal([k, points, z_dim])
-        flow = {'z_dim': z_dim, 'iaf_depth': iaf_depth, 'iaf_width': 8}
+        flow = {'z_dim': z_dim, 'iaf_depth': iaf_depth, 'iaf_width': 8, 'prior_flow_depth': 0, 'prior_flow_width': 8}
         context = tf.constant(rng.normal(size=(points, flow['iaf_width'])), tf.float32) if iaf_depth else None
         posterior = vae.Posterior(tf.constant(q_mean, tf.float32), tf.constant(q_std, tf.float32), context)
         log_weights = vae.importance_log_weights(tf.constant(x, tf.float32), posterior, log_likelihood, draws, flow)

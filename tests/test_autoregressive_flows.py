@@ -1,5 +1,6 @@
-"""The inverse autoregressive flow on q(z|x) (iaf.py): its masks and log-determinant against a numerical Jacobian,
-the importance-weighted bound of a flow posterior against an exact likelihood, and an IAF run end to end."""
+"""The autoregressive flows (autoregressive_flows.py): the IAF posterior's masks and log-determinant against a
+numerical Jacobian, the MAF prior's density against quadrature and its samples against its density, the
+importance-weighted bound with both flows against exact and quadrature likelihoods, and flow runs end to end."""
 import json
 import os
 import subprocess
@@ -11,14 +12,15 @@ import tensorflow as tf
 
 import command_line
 import config_keys
-import iaf
+import autoregressive_flows
 import vae
 import vae_inference
-from conftest import BERNOULLI, evaluation_record, run_script
+from conftest import BERNOULLI, MNIST_DIR, evaluation_record, run_script
 import test_saved_model
 from test_metrics import linear_gaussian_bounds
 
 tf1 = tf.compat.v1
+MNIST = ['--data_directory', MNIST_DIR]
 
 
 def randomised(sess, scale, seed=0):
@@ -57,7 +59,7 @@ def test_one_step_is_autoregressive_in_its_order_with_the_gates_on_the_diagonal(
     x = np.random.RandomState(2).standard_normal((6, 4))
     upper = np.triu(np.ones((4, 4)), 1).astype(bool)  # [output, input] pairs with the input after the output
     for reverse in (False, True):
-        f, log_gates = numpy_function(lambda z0, context: iaf.step(z0, context, 16, reverse, 'step'))
+        f, log_gates = numpy_function(lambda z0, context: autoregressive_flows.iaf_step(z0, context, 16, reverse, 'step'))
         jacobian = numerical_jacobian(f, x)
         later = upper.T if reverse else upper  # in the reversed order, the inputs after an output are below it
         assert np.abs(jacobian[:, later]).max() < 1e-3, (reverse, jacobian[0])
@@ -67,7 +69,7 @@ def test_one_step_is_autoregressive_in_its_order_with_the_gates_on_the_diagonal(
 
 def test_the_flows_log_determinant_is_the_numerical_jacobians():
     x = np.random.RandomState(3).standard_normal((6, 4))
-    f, log_gates = numpy_function(lambda z0, context: iaf.flow(z0, context, 4, 16))
+    f, log_gates = numpy_function(lambda z0, context: autoregressive_flows.posterior_flow(z0, context, 4, 16))
     _, numerical = np.linalg.slogdet(numerical_jacobian(f, x))
     found = log_gates(x).sum(axis=1)
     assert np.allclose(found, numerical, atol=2e-3), (found, numerical)
@@ -76,7 +78,7 @@ def test_the_flows_log_determinant_is_the_numerical_jacobians():
 
 def test_made_masks_connect_each_output_to_exactly_the_inputs_before_it():
     for reverse in (False, True):
-        first, hidden, last = iaf.made_masks(5, 12, reverse)
+        first, hidden, last = autoregressive_flows.made_masks(5, 12, reverse)
         reaches = (first @ hidden @ last) > 0  # [input, output]: is there a path?
         order = np.arange(5)[::-1] if reverse else np.arange(5)
         position = np.argsort(order)
@@ -94,8 +96,85 @@ def test_the_bound_of_a_flow_posterior_matches_the_exact_likelihood():
     assert np.mean(exact - elbo) > 1  # the flow's q is not the posterior: the ELBO is clearly loose
 
 
-def iaf_flags(run):
-    return [*BERNOULLI, '--iaf_depth', '2', '--iaf_width', '16', '--run_directory', str(run)]
+def prior_functions(depth=2, width=8, z_dim=2, scale=0.4, seed=0):
+    """(log_density, sample, weights) of a MAF prior of randomised weights: numpy functions of [n, z_dim] arrays,
+    and its variables' values by name."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(seed)
+        z = tf1.placeholder(tf.float32, [None, z_dim])
+        log_density = tf.reduce_sum(autoregressive_flows.prior_log_density(z, depth, width), axis=1)
+        sample = autoregressive_flows.prior_sample(z, depth, width)
+        sess = tf1.Session(graph=graph)
+        randomised(sess, scale, seed)
+        weights = {v.name: sess.run(v) for v in tf1.global_variables()}
+    run = lambda tensor, x: sess.run(tensor, {z: x.astype(np.float32)}).astype(np.float64)
+    return (lambda x: run(log_density, x)), (lambda u: run(sample, u)), weights
+
+
+def grid(low, high, points, z_dim=2):
+    """[points ** z_dim, z_dim] centres of a regular grid over [low, high]^z_dim, and each cell's volume."""
+    axis = np.linspace(low, high, points)
+    return np.stack(np.meshgrid(*[axis] * z_dim, indexing='ij'), -1).reshape(-1, z_dim), (axis[1] - axis[0]) ** z_dim
+
+
+def test_the_maf_prior_is_a_density_and_its_samples_follow_it():
+    log_density, sample, _ = prior_functions()
+    z, cell = grid(-9, 9, 721)
+    assert np.exp(log_density(z)).sum() * cell == pytest.approx(1, abs=2e-3)  # it integrates to 1 (quadrature)
+    normal = -np.log(2 * np.pi) - 0.5 * np.sum(z ** 2, axis=1)
+    assert np.abs(log_density(z) - normal)[np.sum(z ** 2, axis=1) < 4].max() > 0.5  # and it is not N(0, I)
+    # Its samples are where its mass is: the fraction of 20,000 draws in each of 4 boxes is the box's integral.
+    draws = sample(np.random.RandomState(1).standard_normal((20000, 2)))
+    for low, high in (([-0.5, -1.0], [1.0, 0.5]), ([0, 0], [9, 9]), ([-9, -9], [-0.5, 0.3]), ([-1, 1], [0.5, 3])):
+        inside = lambda points: np.all((points > low) & (points < high), axis=1)
+        mass = np.exp(log_density(z[inside(z)])).sum() * cell
+        assert abs(inside(draws).mean() - mass) < 4 * np.sqrt(mass * (1 - mass) / len(draws)) + 2e-3, (low, mass)
+
+
+def test_the_bound_with_both_flows_matches_quadrature_on_a_two_dimensional_model():
+    """z ~ the MAF prior (random weights), x | z ~ N(W z + b, s^2 I); q(z|x) an IAF of random weights. log p(x) by
+    quadrature over a grid of z; the importance-weighted bound at k = 20,000 matches it within its standard error,
+    and without the prior flow's or the posterior flow's log-determinant it would not."""
+    rng = np.random.RandomState(0)
+    z_dim, x_dim, noise, points = 2, 3, 0.7, 20
+    w, b = rng.normal(size=(x_dim, z_dim)), rng.normal(size=x_dim)
+    config = {'z_dim': z_dim, 'iaf_depth': 2, 'iaf_width': 8, 'prior_flow_depth': 2, 'prior_flow_width': 8}
+    log_density, sample, prior_weights = prior_functions(z_dim=z_dim)
+    z_true = sample(rng.standard_normal((points, z_dim)))
+    x = z_true @ w.T + b + noise * rng.normal(size=(points, x_dim))
+    log_likelihood = lambda z: -0.5 * np.sum(np.log(2 * np.pi * noise ** 2) + (x[:, None] - (z @ w.T + b)) ** 2
+                                             / noise ** 2, axis=-1)  # [points, grid]
+    z, cell = grid(-9, 9, 401)
+    joint = log_likelihood(z) + log_density(z)[None]
+    exact = np.logaddexp.reduce(joint, axis=1) + np.log(cell)
+    mean = (np.exp(joint - joint.max(1, keepdims=True)) @ z) / np.exp(joint - joint.max(1, keepdims=True)).sum(1)[:, None]
+
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf1.set_random_seed(0)
+        k = tf1.placeholder(tf.int32, [])
+        draws = tf.random.normal([k, points, z_dim])
+        posterior = vae.Posterior(tf.constant(mean + 0.2, tf.float32), tf.fill([points, z_dim], 1.2),
+                                  tf.constant(rng.normal(size=(points, 8)), tf.float32))
+        tf_w, tf_b = tf.constant(w.T, tf.float32), tf.constant(b, tf.float32)
+        decode = lambda images, latents: -0.5 * tf.reduce_sum(
+            np.log(2 * np.pi * noise ** 2) + tf.square(images - tf.matmul(latents, tf_w) - tf_b) / noise ** 2, 1)
+        log_weights = vae.importance_log_weights(tf.constant(x, tf.float32), posterior, decode, draws, config)
+        randomised(sess, 0.2, seed=3)  # the posterior flow's weights, then the prior's: the quadrature's
+        prior = [v for v in tf1.global_variables() if v.name.startswith('prior_flow/')]
+        assert sorted(v.name for v in prior) == sorted(prior_weights)
+        for variable in prior:
+            variable.load(prior_weights[variable.name], sess)
+        weights = sess.run(log_weights, {k: 20000}).astype(np.float64)
+    bound = vae_inference.numpy_log_mean_exp(weights, axis=0)
+    gap = bound - exact
+    assert abs(gap.mean()) < 3 * gap.std() / np.sqrt(points) + 0.01, (gap.mean(), gap)
+    assert np.all(np.abs(gap) < 0.1), gap
+
+
+def iaf_flags(run):  # both flows: an IAF posterior and a MAF prior
+    return [*BERNOULLI, '--iaf_depth', '2', '--iaf_width', '16', '--prior_flow_depth', '2', '--prior_flow_width', '16',
+            '--run_directory', str(run)]
 
 
 @pytest.fixture(scope='module')
@@ -109,14 +188,16 @@ def iaf_run(tmp_path_factory):
 def test_an_iaf_run_trains_records_its_flow_and_is_scored_with_it(iaf_run):
     run, result = iaf_run
     saved = json.load(open(os.path.join(run, 'config.json')))
-    assert (saved['iaf_depth'], saved['iaf_width']) == (2, 16)
+    assert [saved[key] for key in ('iaf_depth', 'iaf_width', 'prior_flow_depth', 'prior_flow_width')] == [2, 16, 2, 16]
     config, _ = command_line.parse_command_line(['--run_directory', str(run)], from_run=True)
     assert (config['iaf_depth'], config['iaf_width']) == (2, 16)  # restored from config.json alone
     assert run_script('vae_inference.py', '--run_directory', str(run), '--evaluate', '--k', '50', '--num_test', '100',
-                      '--data_directory', BERNOULLI[BERNOULLI.index('--data_directory') + 1]).returncode == 0
+                      *MNIST).returncode == 0
     record = evaluation_record(run)
     assert record['negative_iwae_nats'] < record['negative_elbo_nats']
-    assert record['posterior'] == 'IAF, 2 steps of 16 units'
+    assert record['posterior'] == 'IAF, 2 steps of 16 units' and record['prior'] == 'MAF, 2 steps of 16 units'
+    result = run_script('vae_inference.py', '--run_directory', str(run), *MNIST)  # the pictures, from the MAF prior
+    assert result.returncode == 0 and os.path.isfile(os.path.join(run, 'generations_model_1.png')), result.stderr
     # The flow is in the graph the bound is computed in: with its gates forced to 1 (the identity) the bound moves.
     sess, outputs, _ = vae_inference.restore(config)
     with sess:
@@ -137,9 +218,8 @@ def test_an_iaf_run_trains_records_its_flow_and_is_scored_with_it(iaf_run):
 
 def test_an_iaf_run_refuses_draws_of_a_gaussian_posterior_and_a_changed_flow(iaf_run):
     run, _ = iaf_run
-    data = ['--data_directory', BERNOULLI[BERNOULLI.index('--data_directory') + 1]]
     result = run_script('vae_inference.py', '--run_directory', str(run), '--fid', '--sampler', 'gmm', '--fit_to',
-                        'samples', *data)
+                        'samples', *MNIST)
     assert result.returncode == 1 and result.stderr.startswith('error: --fit_to samples') and \
         len(result.stderr.strip().splitlines()) == 1, result.stderr
     result = run_script('vae.py', *iaf_flags(run), '--iaf_depth', '3', '--num_epoch', '3')
@@ -183,6 +263,11 @@ def test_the_saved_model_of_an_iaf_run_encodes_and_bounds_with_the_flow(iaf_run,
                             tmp_path / 'inputs.npz', tmp_path / 'outputs.npz'], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert child.returncode == 0, child.stderr
+    found = dict(np.load(tmp_path / 'outputs.npz'))
+    with tf.Graph().as_default(), tf1.Session() as noise_session:  # the signature's noise of seed (3, 4)
+        noise = noise_session.run(tf.random.stateless_normal([7, config['z_dim']], tf.constant([3, 4], tf.int64)))
     with sess:
-        test_saved_model.assert_vae_inferences_numbers(sess, outputs, config, images, z, k,
-                                                       dict(np.load(tmp_path / 'outputs.npz')))
+        test_saved_model.assert_vae_inferences_numbers(sess, outputs, config, images, z, k, found)
+        prior_z = vae.prior_latents(sess, outputs, noise)
+    np.testing.assert_allclose(found['sample_z'], prior_z, rtol=1e-5, atol=1e-5)  # drawn through the MAF prior
+    assert np.abs(prior_z - noise).max() > 1e-3
