@@ -20,6 +20,8 @@ every other within two steps.
   log p(z) is one pass from z back to u (log N(u) - sum s), and a sample is z_dim passes of each step, one
   dimension settling per pass. s is bounded to +-LOG_SCALE_BOUND; m and s start near 0, the prior near N(0, I).
 """
+import weakref
+
 import numpy as np
 
 import process
@@ -42,31 +44,53 @@ def made_masks(z_dim, width, reverse):
             (hidden[:, None] < degrees[None, :]).astype(np.float32))
 
 
-def masked_dense(x, mask, name, stddev=None):
-    """x @ (w * mask) + b, w He-initialised (or with stddev): a dense layer whose zeros in the mask stay zero."""
-    fan_in = max(1.0, float(mask.sum(0).mean()))
+# Each graph's masks as constants, made once: every pass of every MADE would otherwise hold a copy (megabytes).
+MASK_CONSTANTS = weakref.WeakKeyDictionary()
+
+
+def mask_constant(mask):
+    constants = MASK_CONSTANTS.setdefault(tf1.get_default_graph(), {})
+    key = (mask.shape, mask.tobytes())
+    if key not in constants:
+        with tf.control_dependencies(None), tf1.name_scope(None):  # usable from any context of the graph
+            constants[key] = tf.constant(mask, name='made_mask')
+    return constants[key]
+
+
+def masked_weights(shape, mask, name, stddev=None):
+    """(w * mask, b) of a dense layer, w He-initialised (or with stddev): the zeros of the mask stay zero (no mask:
+    a plain dense layer). Built once and applied as often as needed."""
+    fan_in = max(1.0, float(mask.sum(0).mean())) if mask is not None else shape[0]
     initializer = tf1.truncated_normal_initializer(stddev=stddev or np.sqrt(2.0 / fan_in))
     with tf1.variable_scope(name):
-        w = tf1.get_variable('w', mask.shape, initializer=initializer)
-        b = tf1.get_variable('b', [mask.shape[1]], initializer=tf1.zeros_initializer())
-        return tf.matmul(x, w * mask) + b
+        w = tf1.get_variable('w', shape, initializer=initializer)
+        b = tf1.get_variable('b', [shape[1]], initializer=tf1.zeros_initializer())
+        return (w if mask is None else w * mask_constant(mask)), b
 
 
-def made(z, context, width, reverse, heads):
-    """MADE of z (and, unmasked, of the context when there is one): the two [batch, z_dim] heads named `heads`, each
-    output i a function of the z_j before i in the order."""
-    to_hidden, hidden_to_hidden, to_output = made_masks(int(z.shape[-1]), width, reverse)
-    h = masked_dense(z, to_hidden, 'made0')
-    if context is not None:
-        h += masked_dense(context, np.ones([context.shape[-1], width], np.float32), 'context')
-    h = tf.nn.elu(masked_dense(tf.nn.elu(h), hidden_to_hidden, 'made1'))
-    return [masked_dense(h, to_output, head, OUTPUT_STDDEV) for head in heads]
+def made(z_dim, context_units, width, reverse, heads):
+    """MADE of z (and, unmasked, of a context of context_units, when not 0) as a function (z, context) -> the
+    [batch, z_dim] heads named `heads`, each output i a function of the z_j before i in the order. Its weights are
+    built here once, so calling it z_dim times (prior_sample) adds matmuls to the graph, not weights."""
+    to_hidden, hidden_to_hidden, to_output = made_masks(z_dim, width, reverse)
+    first = masked_weights([z_dim, width], to_hidden, 'made0')
+    context_layer = masked_weights([context_units, width], None, 'context') if context_units else None
+    second = masked_weights([width, width], hidden_to_hidden, 'made1')
+    outputs = [masked_weights([width, z_dim], to_output, head, OUTPUT_STDDEV) for head in heads]
+    dense = lambda x, layer: tf.matmul(x, layer[0]) + layer[1]
+
+    def apply(z, context=None):
+        h = dense(z, first) + (dense(context, context_layer) if context_layer else 0.0)
+        h = tf.nn.elu(dense(tf.nn.elu(h), second))
+        return [dense(h, output) for output in outputs]
+    return apply
 
 
 def iaf_step(z, context, width, reverse, name):
     """One gated IAF step: (z_out, log_gate), both [batch, z_dim]; log_gate is log dz_out_i / dz_in_i."""
     with tf1.variable_scope(name):
-        shift, gate_logit = made(z, context, width, reverse, ('shift', 'gate'))
+        made_network = made(int(z.shape[-1]), int(context.shape[-1]), width, reverse, ('shift', 'gate'))
+        shift, gate_logit = made_network(z, context)
         gate_logit += FORGET_BIAS
         gate = tf.sigmoid(gate_logit)
         return gate * z + (1.0 - gate) * shift, tf.math.log_sigmoid(gate_logit)
@@ -84,11 +108,15 @@ def posterior_flow(z0, context, depth, width, scope='iaf'):
     return z, log_gates
 
 
-def maf_parameters(z, width, reverse, name):
-    """(shift, log_scale) of a MAF step whose output is z: each dimension's from the z before it in the order."""
+def maf_step(z_dim, width, reverse, name):
+    """A MAF step's (shift, log_scale) as a function of its output z: each dimension's from the z before it."""
     with tf1.variable_scope(name):
-        shift, raw = made(z, None, width, reverse, ('shift', 'log_scale'))
+        made_network = made(z_dim, 0, width, reverse, ('shift', 'log_scale'))
+
+    def parameters(z):
+        shift, raw = made_network(z)
         return shift, LOG_SCALE_BOUND * tf.tanh(raw / LOG_SCALE_BOUND)
+    return parameters
 
 
 def prior_log_density(z, depth, width, scope='prior_flow'):
@@ -97,7 +125,7 @@ def prior_log_density(z, depth, width, scope='prior_flow'):
     log_det = tf.zeros_like(z)
     with tf1.variable_scope(scope, reuse=tf1.AUTO_REUSE):
         for i in reversed(range(depth)):
-            shift, log_scale = maf_parameters(z, width, i % 2 == 1, f'step{i}')
+            shift, log_scale = maf_step(int(z.shape[-1]), width, i % 2 == 1, f'step{i}')(z)
             z = (z - shift) * tf.exp(-log_scale)
             log_det -= log_scale
     return log_det - 0.5 * (np.log(2 * np.pi) + tf.square(z))
@@ -106,11 +134,13 @@ def prior_log_density(z, depth, width, scope='prior_flow'):
 def prior_sample(u, depth, width, scope='prior_flow'):
     """z of the MAF prior from u ~ N(0, I) [batch, z_dim]: each step solved for its output z_i = u_i exp(s_i) + m_i
     in z_dim passes of its MADE (pass j settles the j-th dimension of the order, the ones before it being final)."""
+    z_dim = int(u.shape[-1])
     with tf1.variable_scope(scope, reuse=tf1.AUTO_REUSE):
         for i in range(depth):
+            parameters = maf_step(z_dim, width, i % 2 == 1, f'step{i}')
             z = tf.zeros_like(u)
-            for _ in range(int(u.shape[-1])):
-                shift, log_scale = maf_parameters(z, width, i % 2 == 1, f'step{i}')
+            for _ in range(z_dim):
+                shift, log_scale = parameters(z)
                 z = u * tf.exp(log_scale) + shift
             u = z
     return u

@@ -51,6 +51,10 @@ config_mnist_bernoulli = dict(
 # Table 1's 'depth 2, width 320'), otherwise MNIST_bernoulli's model and schedule (python vae.py --dataset MNIST_iaf).
 config_mnist_iaf = dict(config_mnist_bernoulli, iaf_depth=2, iaf_width=320, run_directory='MNIST-iaf')
 
+# Both flows on the latents: MNIST_iaf's posterior and a masked autoregressive flow prior of 2 steps of 320 units
+# (python vae.py --dataset MNIST_flows).
+config_mnist_flows = dict(config_mnist_iaf, prior_flow_depth=2, prior_flow_width=320, run_directory='MNIST-flows')
+
 # A 2-D latent space for the paper's Figure 4 manifold picture (python vae.py --dataset MNIST_2d).
 config_mnist_2d = dict(config_mnist, z_dim=2, run_directory='MNIST-2d')
 
@@ -79,6 +83,7 @@ configs = {
     'MNIST': config_mnist,
     'MNIST_bernoulli': config_mnist_bernoulli,
     'MNIST_iaf': config_mnist_iaf,
+    'MNIST_flows': config_mnist_flows,
     'MNIST_2d': config_mnist_2d,
     'MNIST_sharp': config_mnist_sharp,
     'celebA': config_celebA,

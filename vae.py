@@ -279,7 +279,7 @@ def posterior_centre(posterior, config):
                                                config['iaf_width'])[0]
 
 
-def dimension_rates(posterior, sample_rates, config):
+def image_dimension_rates(posterior, sample_rates, config):
     """[batch, z_dim] rate of each latent dimension of each image: KL(q(z_j|x) || N(0, 1)) in closed form for the
     Gaussian posterior and prior; with a flow (flows) the mean over the samples ([k, batch, z_dim],
     posterior_sample's) of their shares of log q(z|x) - log p(z)."""
@@ -288,7 +288,7 @@ def dimension_rates(posterior, sample_rates, config):
     return tf.reduce_mean(sample_rates, axis=0)
 
 
-def posterior_samples(images, posterior, noise, config):
+def tiled_posterior_samples(images, posterior, noise, config):
     """k samples of q(z|x) per image (noise: [k, batch, z_dim] standard normal; posterior_sample). Returns the
     images and the samples flattened to k * batch rows, sample-major (each image beside its sample), and each
     sample's per-dimension rates, [k, batch, z_dim]: log p(z) - log q(z|x) is minus their sum."""
@@ -307,7 +307,7 @@ def importance_log_weights(images, posterior, log_likelihood_fn, noise, config):
     Burda et al. (2015), which tightens towards log p(x) as k grows. log_likelihood_fn(images, z) gives
     log p(x|z) for a flat batch.
     """
-    flat_images, flat_z, rates = posterior_samples(images, posterior, noise, config)
+    flat_images, flat_z, rates = tiled_posterior_samples(images, posterior, noise, config)
     log_prior_ratio = -tf.reduce_sum(rates, -1)
     return tf.reshape(log_likelihood_fn(flat_images, flat_z), tf.shape(log_prior_ratio)) + log_prior_ratio
 
@@ -317,7 +317,7 @@ def log_mean_exp(values, axis=0):
 
 
 def kl_term(rates, free_bits):
-    """The KL term of the loss, batch-mean nats, from the [batch, z_dim] rates (dimension_rates): their sum, or
+    """The KL term of the loss, batch-mean nats, from the [batch, z_dim] rates (image_dimension_rates): their sum, or
     with free bits (Kingma et al. 2016) the sum over latent dimensions of max(free_bits, the dimension's batch-mean
     rate), so a dimension below free_bits nats gets no gradient from it (it may carry that much information for
     free)."""
@@ -331,12 +331,12 @@ def kl_term(rates, free_bits):
 Endpoints = collections.namedtuple('Endpoints', [
     'z_mean', 'z_std',          # the Gaussian of q(z|x) = N(z_mean, z_std^2), per image (the flow's base with IAF)
     'z',                        # the latents decoded: train_samples samples of q(z|x) per image in training
-                                # (sample-major, posterior_samples), posterior_centre otherwise
+                                # (sample-major, tiled_posterior_samples), posterior_centre otherwise
     'logits', 'reconstruction',  # the decoder's pre-activation and its image (decoded_image of the logits), per z
     'distortion',               # batch-mean -log p(x|z) in nats under the decoder likelihood, over the samples
     'rate',                     # batch-mean KL(q(z|x) || p(z)) in nats (the true KL, whatever the schedule):
                                 # closed form, or with a flow the mean of log q(z|x) - log p(z) over the samples
-    'dimension_rates',          # [batch, z_dim] its share in each latent dimension (dimension_rates)
+    'dimension_rates',          # [batch, z_dim] its share in each latent dimension (image_dimension_rates)
     'mean_squared_error',       # of the reconstructions, per pixel (the 'gaussian' loss's distortion term)
     'loss',                     # what training minimises (build_vae's docstring)
 ])
@@ -363,7 +363,7 @@ def build_vae(images, config, training, annealing=1.0, posterior=None):
     k = config['train_samples'] if training else 1
     if training:
         noise = tf.random.normal(tf.concat([[k], tf.shape(posterior.z_mean)], 0))
-        flat_images, z, sample_rates = posterior_samples(images, posterior, noise, config)
+        flat_images, z, sample_rates = tiled_posterior_samples(images, posterior, noise, config)
     else:
         flat_images, z = images, posterior_centre(posterior, config)
         # the rate under a flow is an expectation: one sample of it (the Gaussians' is in closed form)
@@ -372,7 +372,7 @@ def build_vae(images, config, training, annealing=1.0, posterior=None):
     logits = decoder(z, config, training)
     reconstruction = decoded_image(logits, config)
     mean_squared_error = tf.reduce_mean(tf.square(flat_images - reconstruction))
-    rates = dimension_rates(posterior, sample_rates, config)
+    rates = image_dimension_rates(posterior, sample_rates, config)
     rate = tf.reduce_mean(tf.reduce_sum(rates, axis=1))
     kl_loss = annealing * kl_term(rates, config['free_bits'] if training else 0)
     log_px = log_likelihood(flat_images, logits, config)
@@ -402,8 +402,8 @@ InferenceGraph = collections.namedtuple('InferenceGraph', [
     'z_mean', 'z_std',          # the posterior: its mean and stddev; with IAF, z_mean is posterior_centre (the
                                 # base's mean through the flow) and z_std the base's stddev
     'negative_elbo',            # per image, a one-sample estimate in nats under the decoder likelihood
-    'kl_per_dimension',         # [batch, z_dim] the rate of each dimension in nats (dimension_rates): KL(q(z_j|x)
-                                # || N(0, 1)), or with IAF the shares of the negative_elbo's sample
+    'kl_per_dimension',         # [batch, z_dim] the rate of each dimension in nats (image_dimension_rates):
+                                # KL(q(z_j|x) || N(0, 1)), or with a flow the shares of the negative_elbo's sample
     'k', 'noise_seed',          # placeholders: samples per image, and the [2] seed of their noise
     'log_weights',              # [k, batch] importance log weights (importance_log_weights); the same seed
                                 # gives the same samples, whatever ran before
@@ -423,7 +423,7 @@ def build_inference_graph(config):
     model = build_vae(images, config, training=False, posterior=posterior)
     decode_log_likelihood = lambda x, latents: log_likelihood(x, decoder(latents, config, training=False), config)
     z_sample, sample_rates = posterior_sample(posterior, tf.random.normal(tf.shape(posterior.z_mean)), config)
-    rates = dimension_rates(posterior, sample_rates[None], config)
+    rates = image_dimension_rates(posterior, sample_rates[None], config)
     negative_elbo = tf.reduce_sum(rates, axis=1) - decode_log_likelihood(images, z_sample)
     noise = tf.random.stateless_normal(tf.concat([[k], tf.shape(posterior.z_mean)], 0), noise_seed)
     log_weights = importance_log_weights(images, posterior, decode_log_likelihood, noise, config)

@@ -8,7 +8,7 @@
     python vae_inference.py --dataset MNIST_2d --manifold                 # the 2-D manifold of a z_dim 2 model
 
 Writes reconstructions_model_<N>.png (rows of test images, each followed by its reconstruction),
-generations_model_<N>.png (decoded samples of the N(0, I) prior) and generations.gif (the op-gen training frames in
+generations_model_<N>.png (decoded samples of the prior) and generations.gif (the op-gen training frames in
 epoch order); --evaluate keeps each evaluation as its own record in evaluations/.
 """
 import contextlib
@@ -306,7 +306,8 @@ def interpolation_grid(sess, outputs, images, rows, steps=GRID_COLUMNS):
 
 
 def dimension_rates(sess, outputs, images):
-    """The rate of each latent dimension: its KL(q(z_j|x) || N(0, 1)) in nats, averaged over images."""
+    """The rate of each latent dimension in nats, averaged over images: its KL(q(z_j|x) || N(0, 1)), or with a flow
+    its share of one sample's log q(z|x) - log p(z) (vae.image_dimension_rates)."""
     return sess.run(outputs.kl_per_dimension, {outputs.images: images}).mean(axis=0)
 
 

@@ -57,10 +57,12 @@ def forward_flops(config):
     features = height * width * channels
     encoder += 2 * 2 * features * config['z_dim']                # z_mean and z_std heads
     decoder = 2 * config['z_dim'] * features                     # decoder's first dense layer
-    if config['iaf_depth']:                                      # the context head; each step's MADE (iaf.step)
-        z_dim, units = config['z_dim'], config['iaf_width']
+    z_dim, units = config['z_dim'], config['iaf_width']         # the flows (autoregressive_flows.made), per sample:
+    if config['iaf_depth']:                                      # the IAF's context head, then each step's MADE
         encoder += 2 * features * units
         decoder += 2 * config['iaf_depth'] * (z_dim * units + 2 * units * units + 2 * units * z_dim)
+    units = config['prior_flow_width']                           # log p(z) of each sample: each prior step's MADE
+    decoder += 2 * config['prior_flow_depth'] * (z_dim * units + units * units + 2 * units * z_dim)
     for filters, stride in zip(config['decoder_filters'], config['decoder_strides']):
         decoder += 2 * height * width * k2 * channels * filters  # each input pixel scatters a k x k x filters patch
         height, width, channels = height * stride, width * stride, filters
