@@ -25,7 +25,8 @@ KEY_TYPES = {
     'output_head': str, 'kernel_size': int, 'init_stddev': float, 'bn_momentum': float, 'bn_epsilon': float,
     'iaf_depth': int, 'iaf_width': int, 'prior_flow_depth': int, 'prior_flow_width': int,
     'batch_size': int, 'num_epoch': int, 'learning_rate': float, 'learning_rate_decay': float, 'kl_schedule': str,
-    'kl_warmup_epochs': int, 'kl_cycle_epochs': int, 'kl_cycle_ramp': float, 'free_bits': float, 'objective': str,
+    'kl_warmup_epochs': int, 'kl_cycle_epochs': int, 'kl_cycle_ramp': float, 'free_bits': float, 'clip_gradient_norm': float,
+    'objective': str,
     'train_samples': int, 'iwae_start_epoch': int, 'save_every': int, 'summary_every': int, 'seed': int,
     'deterministic': bool, 'num_threads': int, 'precision': str,
     'num_clones': int, 'clone_on_cpu': bool, 'worker_replicas': int, 'num_ps_tasks': int, 'job_name': str,
@@ -48,7 +49,7 @@ RANGES = [
       'num_ps_tasks', 'task', 'iaf_depth', 'prior_flow_depth'), lambda v: v >= 0, '>= 0'),
     (('learning_rate', 'init_stddev', 'bn_epsilon', 'decoder_min_variance'), lambda v: 0 < v < math.inf,
      'positive and finite'),
-    (('kl_weight', 'free_bits'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
+    (('kl_weight', 'free_bits', 'clip_gradient_norm'), lambda v: 0 <= v < math.inf, '>= 0 and finite'),
     (('kl_cycle_ramp', 'learning_rate_decay'), lambda v: 0 < v <= 1, 'in (0, 1]'),
     (('bn_momentum',), lambda v: 0 <= v < 1, 'in [0, 1)'),
     (('seed', 'test_seed'), lambda v: 0 <= v < 2 ** 32, 'in [0, 2**32)'),
@@ -207,6 +208,9 @@ def check_config(config, where=None):
     if config['likelihood'] == 'bernoulli' and data_range != (0.0, 1.0):
         raise UserError(f'likelihood bernoulli scores pixels in [0, 1] but {config["dataset"]} images are in '
                         f'[{data_range[0]:g}, {data_range[1]:g}]; pass --likelihood gaussian or gaussian_learned')
+    if config['clip_gradient_norm'] and config['precision'] == 'mixed_float16':
+        raise UserError('clip_gradient_norm clips the gradient before its update, but mixed_float16 scales it by the '
+                        'loss scale until then; pass --clip_gradient_norm 0, or --precision float32 or mixed_bfloat16')
     if config['batch_size'] % config['num_clones']:
         raise UserError(f'num_clones must be >= 1 and divide batch_size {config["batch_size"]}, got '
                         f'{config["num_clones"]}; fix --num_clones or --batch_size')

@@ -543,8 +543,12 @@ def build_training_graph(config, steps_per_epoch, train=None, cluster=None):
     endpoints, gradients = deploy.create_clones(config, model_input,
                                                 lambda share: build_vae(share, config, True, annealing), optimizer)
     finite = tf.math.is_finite(endpoints.loss)
+    gradient_norm = tf.linalg.global_norm([g for g, _ in gradients])
     if config['precision'] != 'mixed_float16':  # (with loss scaling an overflowed gradient only skips its step)
-        finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm([g for g, _ in gradients])))
+        finite = tf.logical_and(finite, tf.math.is_finite(gradient_norm))
+    if config['clip_gradient_norm']:
+        clipped, _ = tf.clip_by_global_norm([g for g, _ in gradients], config['clip_gradient_norm'], gradient_norm)
+        gradients = list(zip(clipped, [v for _, v in gradients]))
     with tf.control_dependencies(moving_average_updates(config)):
         train_op = optimizer.apply_gradients(gradients, global_step=global_step)
     with tf.control_dependencies([train_op]):  # the step count once this step's update has been applied
@@ -564,7 +568,9 @@ def build_training_graph(config, steps_per_epoch, train=None, cluster=None):
                                    tf1.summary.scalar('mean_squared_error', endpoints.mean_squared_error),
                                    # the KL term's multiplier in the loss: the annealing times loss_scale
                                    tf1.summary.scalar('kl_coefficient', annealing * loss_scale(config)),
-                                   tf1.summary.scalar('learning_rate', step_size)])
+                                   tf1.summary.scalar('learning_rate', step_size),
+                                   # before clip_gradient_norm (the loss-scaled one under mixed_float16)
+                                   tf1.summary.scalar('gradient_norm', finite_or_zero(gradient_norm))])
     inference = build_inference_graph(config)
     weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(variable)) for variable in tf1.global_variables()
                                     if variable.dtype.base_dtype.is_floating])

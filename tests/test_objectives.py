@@ -223,3 +223,24 @@ def test_ctrl_c_in_the_middle_of_one_images_samples_stops_there_and_goes_on(tmp_
             assert int(saved['done']) == 0
         resumed = vae_inference.importance_weighted_bound(sess, outputs, config, images, k, progress)
     assert np.array_equal(unbroken[0], resumed[0]) and np.array_equal(unbroken[1], resumed[1])
+
+
+def test_clip_gradient_norm_bounds_the_gradient_adam_is_given(tmp_path, mnist):
+    """Adam's first moment after one step is (1 - beta1) times the gradient it was given: its global norm is 0.1 x
+    the gradient's norm unclipped, and 0.1 x clip_gradient_norm when the gradient was larger."""
+    batch = datasets.evaluation_images(tiny_config(tmp_path), mnist['train_images'][:64])
+
+    def first_moment_norm(*flags):
+        config = tiny_config(tmp_path, *flags)
+        with tf.Graph().as_default():
+            model = vae.build_training_graph(config, 10)
+            moments = [model.optimizer.get_slot(v, 'm') for v in tf1.trainable_variables()]
+            with tf1.Session() as sess:
+                sess.run(model.init)
+                sess.run(model.train_op, {model.images: batch})
+                return sess.run(tf.linalg.global_norm(moments))
+
+    unclipped = first_moment_norm()
+    assert unclipped > 0.1 * 0.05 * 2  # the tiny model's first gradient is well above the clip below
+    assert first_moment_norm('--clip_gradient_norm', '0.05') == pytest.approx(0.1 * 0.05, rel=1e-4)
+    assert first_moment_norm('--clip_gradient_norm', '1e6') == pytest.approx(unclipped, rel=1e-4)
