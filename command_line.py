@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 
-from config_keys import (CELEBA_ONLY_KEYS, EPOCH_KEYS, KEY_TYPES, LATER_IDENTITY_KEYS, LOCATION_KEYS, PROCESS_KEYS,
+from config_keys import (CELEBA_ONLY_KEYS, EPOCH_KEYS, KEY_TYPES, LATER_KEYS, LOCATION_KEYS, PROCESS_KEYS,
                          RECORD_KEYS, RUN_IDENTITY_KEYS, RUN_SUBFOLDER_KEYS, TYPE_NAMES, check_config,
                          check_value_types, checked_value, flag_value)
 from process import UserError
@@ -219,8 +219,9 @@ def config_from_run(config, where, record, presets, named, training):
         config = {**base, **{key: config[key] for key in given}}
         where = {**{key: 'config.py' for key in base}, **{key: 'flag' for key in given}}
     # The model's keys decide what a checkpoint means (its decoder variance, its likelihood, its test set): one
-    # config.json lacks is never taken from config.py. The CelebA keys of an MNIST run are not its model's.
-    saved = {**LATER_IDENTITY_KEYS, **saved}
+    # config.json lacks is never taken from config.py. The CelebA keys of an MNIST run are not its model's. A key
+    # added after the run was recorded had the value every run had before it.
+    saved = {**LATER_KEYS, **saved}
     missing = [key for key in RUN_IDENTITY_KEYS if key not in saved and key not in given and
                not (key in CELEBA_ONLY_KEYS and saved.get('dataset', config['dataset']) != 'celebA')]
     if missing:

@@ -69,9 +69,10 @@ RUN_IDENTITY_KEYS = ('dataset', 'image_height', 'image_width', 'image_channels',
                      'likelihood', 'decoder_variance', 'decoder_min_variance', 'binarize', 'kl_weight', 'test_seed',
                      'celebA_crop', 'bn_epsilon', 'iaf_depth', 'iaf_width',
                      'prior_flow_depth', 'prior_flow_width')
-# Identity keys added after runs were first recorded, with the value every run before them was trained with: a
-# config.json without one is read as that value (an older run has no flow), never as config.py's.
-LATER_IDENTITY_KEYS = {'iaf_depth': 0, 'iaf_width': 320, 'prior_flow_depth': 0, 'prior_flow_width': 320}
+# Keys added after runs were first recorded, with the value every run before them was trained with: a config.json
+# without one is read as that value (an older run has no flow and clipped no gradient), never as config.py's.
+LATER_KEYS = {'iaf_depth': 0, 'iaf_width': 320, 'prior_flow_depth': 0, 'prior_flow_width': 320,
+              'clip_gradient_norm': 0.0}
 # What an epoch is: the global step counts updates, and the epochs it stands for would move.
 EPOCH_KEYS = ('batch_size', 'num_train_images')
 # This process's place in the world: from config.py, the flags and TF_CONFIG, never from the run's config.json.

@@ -243,7 +243,7 @@ def test_an_older_run_folder_without_the_flow_keys_is_read_as_one_without_a_flow
     open(run / 'models' / 'model_0.index', 'w').close()  # a checkpoint's listing: config.json decides the model
     config, _ = command_line.parse_command_line(BERNOULLI + ['--run_directory', str(run)])
     record = {key: config[key] for key in config
-              if key in config_keys.KEY_TYPES and key not in config_keys.LATER_IDENTITY_KEYS}
+              if key in config_keys.KEY_TYPES and key not in config_keys.LATER_KEYS}
     json.dump(record, open(run / 'config.json', 'w'))
     config, _ = command_line.parse_command_line(['--run_directory', str(run), '--dataset', 'MNIST_flows'],
                                                 from_run=True)  # (a preset with both flows: not what decides)
