@@ -189,14 +189,15 @@ def run_case(config, options):
         steps = config_keys.steps_per_epoch(config, len(data['train']))
         rates, loss = time_steps(config, data, 'tf.data', options['repeats'], steps)
         result = {'rates': rates, 'loss': loss}
-    elif mode.startswith('preset:'):  # preset:<name>:<train or bound>, that preset's config under the flags
+    elif mode.startswith('preset:'):  # preset:<name>:<elbo, iwae or bound>, that preset's config under the flags
         _, name, what = mode.split(':')
         argv = [arg for arg in options['argv'] if arg != '--presets' and arg != options['presets']]
         config, _ = command_line.parse_command_line(['--dataset', name, *argv], FLAGS)
-        if what == 'train':
-            rates, _ = time_steps(config, datasets.load_dataset(config), 'tf.data', 1, options['steps'])
-        else:
+        if what == 'bound':
             rates = bound_rates(config, {**options, 'repeats': 1})
+        else:  # the preset's train_samples under the iwae objective, or the one-sample ELBO
+            config = {**config, 'objective': what, 'train_samples': config['train_samples'] if what == 'iwae' else 1}
+            rates, _ = time_steps(config, datasets.load_dataset(config), 'tf.data', 1, options['steps'])
         result = {'rates': rates}
     elif mode.startswith('samples:'):  # samples:<train_samples>, the iwae objective
         config = {**config, 'objective': 'iwae', 'train_samples': int(mode.split(':')[1])}
@@ -357,27 +358,30 @@ def samples_table(argv, options):
 
 
 def presets_table(argv, options):
-    """Each preset's training step (the ELBO epochs' step, images/s) and importance-weighted bound (samples/s of
-    k = --k), one timed run per case and round, the cases alternated round by round."""
+    """Each preset's training steps, the one-sample ELBO's and the IWAE objective's of its train_samples (the steps
+    of its ELBO and IWAE epochs; images/s), and its importance-weighted bound (samples/s of k = --k), one timed run
+    per case and round, the cases alternated round by round."""
     names = options['presets'].split(',')
-    cases = [(name, what) for name in names for what in ('train', 'bound')]
+    cases = [(name, what) for name in names for what in PRESET_CASES]
     rates = {case: [] for case in cases}
     for _ in range(options['repeats']):
         for name, what in cases:
             rates[name, what] += measure(argv + ['--repeats', '1'], f'preset:{name}:{what}')['rates']
-    base = {what: np.median(rates[names[0], what]) for what in ('train', 'bound')}
-    versus, bound = f'vs {names[0]}', f'bound samples/s, k={options["k"]}'
-    print(f'| {"preset":<20} | {"training images/s":>17} | {"min - max":>15} | {versus:>20} | {bound:>24} | '
-          f'{"min - max":>17} | {versus:>20} |')
-    print(f'| {"-" * 20} | {"-" * 16}:| {"-" * 14}:| {"-" * 19}:| {"-" * 23}:| {"-" * 16}:| {"-" * 19}:|')
+    base = {what: np.median(rates[names[0], what]) for what in PRESET_CASES}
+    print(f'medians (min - max) of {options["repeats"]} rounds; the ratios against {names[0]}')
+    print(f'| {"preset":<16} | ' + ' | '.join(f'{heading:>30}' for heading in PRESET_CASES.values()) + ' |')
+    print(f'| {"-" * 16} | ' + ' | '.join('-' * 29 + ':' for _ in PRESET_CASES) + ' |')
     for name in names:
-        row = [f'{name:<20}']
-        for what, width in (('train', (17, 7, 20)), ('bound', (24, 8, 20))):
-            values = rates[name, what]
-            median = np.median(values)
-            row += [f'{median:>{width[0]},.0f}', f'{min(values):>{width[1]},.0f}-{max(values):<{width[1]},.0f}',
-                    f'{median / base[what]:>{width[2] - 1}.2f}x']
-        print('| ' + ' | '.join(row) + ' |')
+        cells = []
+        for what in PRESET_CASES:
+            values, median = rates[name, what], np.median(rates[name, what])
+            cells.append(f'{median:,.0f} ({min(values):,.0f}-{max(values):,.0f}) {median / base[what]:.2f}x')
+        print(f'| {name:<16} | ' + ' | '.join(f'{cell:>30}' for cell in cells) + ' |')
+
+
+# The cases of presets_table: the ELBO step, the IWAE objective's step, the bound.
+PRESET_CASES = {'elbo': 'ELBO step, images/s', 'iwae': 'IWAE step (its k), images/s',
+                'bound': 'bound, samples/s'}
 
 
 FLAGS = {'repeats': (5, 'timed rounds of every case'),
