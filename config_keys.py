@@ -25,8 +25,8 @@ KEY_TYPES = {
     'output_head': str, 'kernel_size': int, 'init_stddev': float, 'bn_momentum': float, 'bn_epsilon': float,
     'iaf_depth': int, 'iaf_width': int, 'prior_flow_depth': int, 'prior_flow_width': int,
     'batch_size': int, 'num_epoch': int, 'learning_rate': float, 'learning_rate_decay': float, 'kl_schedule': str,
-    'kl_warmup_epochs': int, 'kl_cycle_epochs': int, 'kl_cycle_ramp': float, 'free_bits': float, 'clip_gradient_norm': float,
-    'objective': str,
+    'kl_warmup_epochs': int, 'kl_cycle_epochs': int, 'kl_cycle_ramp': float, 'free_bits': float,
+    'clip_gradient_norm': float, 'objective': str,
     'train_samples': int, 'iwae_start_epoch': int, 'save_every': int, 'summary_every': int, 'seed': int,
     'deterministic': bool, 'num_threads': int, 'precision': str,
     'num_clones': int, 'clone_on_cpu': bool, 'worker_replicas': int, 'num_ps_tasks': int, 'job_name': str,
@@ -39,6 +39,7 @@ CHOICES = {'dataset': ('MNIST', 'celebA'), 'likelihood': ('gaussian', 'gaussian_
            'precision': ('float32', 'mixed_bfloat16', 'mixed_float16'), 'celebA_crop': ('closecrop', 'resizecrop'),
            'kl_schedule': ('constant', 'linear', 'cyclical'), 'objective': ('elbo', 'iwae'),
            'job_name': ('worker', 'ps')}
+MAX_FLOW_DEPTH = 32  # steps of a flow on the latents (the IAF paper's deepest: 8)
 # (keys, test of a value, what the test asks for): the ranges, checked after the types.
 RANGES = [
     (('z_dim', 'batch_size', 'num_epoch', 'train_samples', 'image_height', 'image_width', 'image_channels',
@@ -53,6 +54,8 @@ RANGES = [
     (('kl_cycle_ramp', 'learning_rate_decay'), lambda v: 0 < v <= 1, 'in (0, 1]'),
     (('bn_momentum',), lambda v: 0 <= v < 1, 'in [0, 1)'),
     (('seed', 'test_seed'), lambda v: 0 <= v < 2 ** 32, 'in [0, 2**32)'),
+    # each step is its own part of the graph (the prior's z_dim times over): 100 steps take a minute to build
+    (('iaf_depth', 'prior_flow_depth'), lambda v: v <= MAX_FLOW_DEPTH, f'at most {MAX_FLOW_DEPTH} steps'),
     (('encoder_filters', 'encoder_strides', 'decoder_filters', 'decoder_strides'),
      lambda v: len(v) > 0 and min(v) > 0, 'a non-empty list of positive numbers'),
 ]
@@ -223,16 +226,23 @@ def check_config(config, where=None):
                         '(the evaluation\'s k is vae_inference.py --k)')
     weights = model_weights(config)
     if 4 * 4 * weights > TRAINING_MEMORY:  # float32 weights, their gradients and Adam's two slots
+        flows = [f'{key} {config[key]}' for key in ('iaf_depth', 'iaf_width', 'prior_flow_depth', 'prior_flow_width')
+                 if config[key.replace('width', 'depth')]]
         raise UserError(f'the model would have {weights:,} weights (z_dim {config["z_dim"]}, kernel_size '
                         f'{config["kernel_size"]}, filters {flag_value(config["encoder_filters"])} / '
-                        f'{flag_value(config["decoder_filters"])}): {16 * weights / 2 ** 30:,.0f} GiB with their '
-                        f'gradients and Adam\'s slots, over {TRAINING_MEMORY / 2 ** 30:.0f} GiB; lower --z_dim, '
-                        '--kernel_size or the filters')
+                        f'{flag_value(config["decoder_filters"])}{"".join(", " + flow for flow in flows)}): '
+                        f'{16 * weights / 2 ** 30:,.0f} GiB with their gradients and Adam\'s slots, over '
+                        f'{TRAINING_MEMORY / 2 ** 30:.0f} GiB; lower --z_dim, --kernel_size'
+                        f'{", the filters or the flows" if flows else " or the filters"}')
     check_cluster_keys(config)
     for key, (governor, needed) in DEPENDENT_KEYS.items():  # given, a key the run would ignore is refused
         if where.get(key) == 'flag' and config[governor] != needed:
             raise UserError(f'--{key} applies only with {governor} {needed}, and this run has {governor} '
                             f'{config[governor]}; pass --{governor} {needed} too, or leave --{key} out')
+    for width, depth in (('iaf_width', 'iaf_depth'), ('prior_flow_width', 'prior_flow_depth')):
+        if where.get(width) == 'flag' and not config[depth]:
+            raise UserError(f'--{width} applies only with {depth} above 0, and this run has {depth} 0; pass '
+                            f'--{depth} too, or leave --{width} out')
 
 
 # Keys that mean something only with another key's value: {key: (that key, its value)}.

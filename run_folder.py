@@ -315,6 +315,9 @@ def latest_checkpoint(config):
     return None, 0
 
 
+MODEL_SCOPES = ('encoder', 'decoder', 'iaf', 'prior_flow')  # the variable scopes of vae.py's model and its flows
+
+
 def restore_checkpoint(sess, saver, prefix, config=None):
     """saver.restore after checking that every variable of the graph is in the checkpoint with its shape
     (the compat.v1 Saver would silently reshape a variable to the checkpoint's shape)."""
@@ -329,4 +332,14 @@ def restore_checkpoint(sess, saver, prefix, config=None):
                 else 'pass the config keys it was trained with'
             raise UserError(f'{prefix} does not fit the configured model: {name} has shape {shape} here but '
                             f'{found} in the checkpoint; {fix}')
+    # and the other way: a model weight the graph lacks (a flow's, say) would be dropped without a word
+    graph = {variable.op.name for variable in sess.graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)}
+    extra = sorted(name for name in saved if name.split('/')[0] in MODEL_SCOPES and name not in graph
+                   and not re.search(r'/Adam(_\d+)?$', name))
+    if extra:
+        described = config and os.path.exists(os.path.join(config['run_directory'], 'config.json'))
+        fix = (f'{config["run_directory"]}/config.json does not describe this checkpoint: restore the run\'s own '
+               'config.json') if described else 'pass the config keys it was trained with'
+        raise UserError(f'{prefix} holds {extra[0]} (and {len(extra) - 1} more weights) that the configured model '
+                        f'lacks; {fix} (a flow: --iaf_depth, --prior_flow_depth)')
     saver.restore(sess, prefix)

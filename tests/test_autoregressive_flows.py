@@ -3,6 +3,7 @@ numerical Jacobian, the MAF prior's density against quadrature and its samples a
 importance-weighted bound with both flows against exact and quadrature likelihoods, and flow runs end to end."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -285,3 +286,31 @@ def test_the_saved_model_of_an_iaf_run_encodes_and_bounds_with_the_flow(iaf_run,
         prior_z = vae.prior_latents(sess, outputs, noise)
     np.testing.assert_allclose(found['sample_z'], prior_z, rtol=1e-5, atol=1e-5)  # drawn through the MAF prior
     assert np.abs(prior_z - noise).max() > 1e-3
+
+
+def test_a_flow_checkpoint_is_never_restored_as_a_model_without_its_flows(iaf_run, tmp_path):
+    """A config.json that lacks the flows (an older one, or edited) over a flow run's checkpoints: restoring would
+    drop the flows' weights without a word, and training on would save a model without them. Both are refused."""
+    run, _ = iaf_run
+    copy = tmp_path / 'run'
+    shutil.copytree(run, copy)
+    saved = json.load(open(copy / 'config.json'))
+    json.dump({key: value for key, value in saved.items() if key not in config_keys.LATER_KEYS},
+              open(copy / 'config.json', 'w'))
+    before = sorted(os.listdir(copy / 'models'))
+    for script, flags in (('vae_inference.py', ['--evaluate', '--k', '2', '--num_test', '10']),
+                          ('vae.py', ['--num_epoch', '3'])):
+        result = run_script(script, '--run_directory', str(copy), *MNIST, *flags)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert 'holds encoder/context/b (and 37 more weights) that the configured model lacks' in result.stderr
+    assert sorted(os.listdir(copy / 'models')) == before
+
+
+def test_flow_keys_out_of_reach_are_refused_in_one_line(tmp_path):
+    for flags, message in ((['--iaf_depth', '33'], 'iaf_depth must be at most 32 steps'),
+                           (['--prior_flow_width', '64'], '--prior_flow_width applies only with prior_flow_depth'),
+                           (['--iaf_depth', '1', '--iaf_width', '100000'], 'lower --z_dim, --kernel_size, the filters '
+                                                                           'or the flows')):
+        result = run_script('vae.py', '--run_directory', str(tmp_path / 'run'), *MNIST, *flags)
+        assert result.returncode == 1 and result.stderr.startswith('error: ') and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / 'run')
