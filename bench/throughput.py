@@ -415,6 +415,14 @@ def main(argv):
         argv = argv + ['--steps', str(options['steps'])]
     if options['case']:
         return run_case(config, {**options, 'argv': argv})
+    if options['presets']:  # checked before the matmul ceiling is timed
+        names = options['presets'].split(',')
+        presets = command_line.config_presets().configs
+        if '--dataset' in argv or any(arg.startswith('--dataset=') for arg in argv) or len(set(names)) < len(names) \
+                or not set(names) <= set(presets):
+            raise process.UserError(f'--presets takes distinct presets of config.py ({", ".join(presets)}), each '
+                                    f'measured under its own --dataset, got {options["presets"]!r}; leave --dataset '
+                                    'out and name each preset once')
     ceiling = matmul_gflops(config)
     if options['evaluation']:
         return evaluation_table(config, options, ceiling)
@@ -423,13 +431,6 @@ def main(argv):
     if options['samples']:
         return samples_table(argv, options)
     if options['presets']:
-        names = options['presets'].split(',')
-        presets = command_line.config_presets().configs
-        if '--dataset' in argv or any(arg.startswith('--dataset=') for arg in argv) or len(set(names)) < len(names) \
-                or not set(names) <= set(presets):
-            raise process.UserError(f'--presets takes distinct presets of config.py ({", ".join(presets)}), each '
-                                    f'measured under its own --dataset, got {options["presets"]!r}; leave --dataset '
-                                    'out and name each preset once')
         return presets_table(argv, options)
     flops = training_flops_per_image(config)
     print(f'{config["dataset"]}: batch {config["batch_size"]}, {flops / 1e6:,.1f} MFLOP per training image; '
